@@ -1,0 +1,159 @@
+"""Counter-based Gumbel noise, bit-identical in plain torch and in Triton.
+
+BiRQ's enhanced-label path samples one Gumbel variate per (frame, codebook, code). The
+fused kernels never store that N x G x K tensor: they regenerate any element from its
+coordinates. So the generator is a pure function of ``(seed, n, g, j)``:
+
+    row_key  = hash32(seed_key_row ^ (n * G + g))
+    col_key  = hash32(seed_key_col ^ j)
+    bits     = hash32(row_key ^ col_key)
+    u        = ((bits >> 8) + 0.5) * 2**-24        # in (0, 1), never 0 or 1
+    noise    = -log(-log(u))
+
+``hash32`` is Wellons' "lowbias32" integer finaliser (a bijection on 32-bit words with
+near-ideal avalanche). Because it is a bijection, the noise of one row never repeats a
+code's input, and rows differ through ``row_key``. The two seed keys come from the
+64-bit seed on the host, so a step/rank-derived seed changes every element.
+
+Torch has no unsigned 32-bit arithmetic on the CPU, so the torch version works on int64
+tensors holding values in [0, 2**32) and splits each multiplication so that no
+intermediate leaves int64's range.
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:  # triton is optional: CPU-only installs of torch do not ship it.
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - exercised only without triton
+    triton = None
+    tl = None
+
+_MASK32 = 0xFFFFFFFF
+_M1 = 0x7FEB352D
+_M2 = 0x846CA68B
+_SEED_SALT_ROW = 0x243F6A88  # digits of pi, to separate the two seed keys
+_SEED_SALT_COL = 0x85A308D3
+
+
+def _hash32_int(x: int) -> int:
+    """lowbias32 on a Python int (host side, for the seed keys)."""
+    x &= _MASK32
+    x ^= x >> 16
+    x = (x * _M1) & _MASK32
+    x ^= x >> 15
+    x = (x * _M2) & _MASK32
+    x ^= x >> 16
+    return x
+
+
+def seed_keys(seed: int) -> tuple[int, int]:
+    """The two 32-bit keys that a 64-bit seed contributes to every noise element."""
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ValueError(f"`seed` must be an int, got {type(seed).__name__}.")
+    if seed < 0 or seed >= 2**64:
+        raise ValueError(f"`seed` must be in [0, 2**64), got {seed}.")
+    lo, hi = seed & _MASK32, seed >> 32
+    base = _hash32_int(lo ^ _hash32_int(hi ^ 0x9E3779B9))
+    return _hash32_int(base ^ _SEED_SALT_ROW), _hash32_int(base ^ _SEED_SALT_COL)
+
+
+def as_int32(key: int) -> int:
+    """A 32-bit key as a signed int32, so Triton types the kernel argument as i32.
+
+    Kernels bitcast it back to uint32; without this, keys >= 2**31 would arrive as i64.
+    """
+    return key - 2**32 if key >= 2**31 else key
+
+
+def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
+    # (x * c) mod 2**32 with x < 2**32 held in int64: split c in 16-bit halves so that
+    # every partial product stays below 2**49.
+    lo = x * (c & 0xFFFF)
+    hi = ((x * (c >> 16)) & 0xFFFF) << 16
+    return (lo + hi) & _MASK32
+
+
+def _hash32(x: torch.Tensor) -> torch.Tensor:
+    x = x ^ (x >> 16)
+    x = _mul32(x, _M1)
+    x = x ^ (x >> 15)
+    x = _mul32(x, _M2)
+    return x ^ (x >> 16)
+
+
+def _bits_to_gumbel(bits: torch.Tensor) -> torch.Tensor:
+    u = ((bits >> 8).to(torch.float32) + 0.5) * (2.0**-24)
+    return -torch.log(-torch.log(u))
+
+
+def gumbel_noise_rows(
+    seed: int,
+    row_ids: torch.Tensor,
+    num_codes: int,
+    *,
+    col_start: int = 0,
+    device: torch.device | None = None,
+) -> torch.Tensor:
+    """Noise for flat rows ``row_ids`` (= n * G + g) and codes [col_start, num_codes).
+
+    Returns float32 (len(row_ids), num_codes - col_start). This is the building block
+    the chunked CPU path uses, one slab of rows at a time.
+    """
+    key_row, key_col = seed_keys(seed)
+    device = row_ids.device if device is None else device
+    rows = row_ids.to(device=device, dtype=torch.int64)
+    cols = torch.arange(col_start, num_codes, device=device, dtype=torch.int64)
+    row_key = _hash32(rows ^ key_row)
+    col_key = _hash32(cols ^ key_col)
+    bits = _hash32(row_key[:, None] ^ col_key[None, :])
+    return _bits_to_gumbel(bits)
+
+
+def gumbel_noise(
+    seed: int, N: int, G: int, K: int, *, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """Materialise the Gumbel(0, 1) noise of the fused kernels, float32 (N, G, K).
+
+    For tests and references only: the kernels never build this tensor.
+    """
+    for name, value in (("N", N), ("G", G), ("K", K)):
+        if not isinstance(value, int) or value < 0:
+            raise ValueError(f"`{name}` must be a non-negative int, got {value!r}.")
+    if N * G >= 2**32:
+        raise ValueError(f"N * G must be < 2**32 for the counter-based RNG, got {N * G}.")
+    device = torch.device("cpu") if device is None else torch.device(device)
+    rows = torch.arange(N * G, device=device, dtype=torch.int64)
+    return gumbel_noise_rows(seed, rows, K, device=device).view(N, G, K)
+
+
+if triton is not None:
+
+    @triton.jit
+    def hash32_tl(x):
+        """lowbias32 on uint32 tensors (wrap-around multiplication is native here)."""
+        x = x ^ (x >> 16)
+        x = x * 0x7FEB352D
+        x = x ^ (x >> 15)
+        x = x * 0x846CA68B
+        x = x ^ (x >> 16)
+        return x
+
+    @triton.jit
+    def gumbel_tl(row_key, col_key):
+        """Gumbel noise for a (BLOCK_N, BLOCK_K) tile from per-row and per-code keys."""
+        bits = hash32_tl(row_key[:, None] ^ col_key[None, :])
+        u = ((bits >> 8).to(tl.float32) + 0.5) * 5.9604644775390625e-08  # 2**-24
+        return -tl.log(-tl.log(u))
+
+    @triton.jit
+    def row_keys_tl(rows, g, G, key_row):
+        """Per-row keys; ``key_row`` is the i32 from `as_int32`."""
+        flat = rows.to(tl.uint32) * G.to(tl.uint32) + g.to(tl.uint32)
+        return hash32_tl(flat ^ key_row.to(tl.uint32, bitcast=True))
+
+    @triton.jit
+    def col_keys_tl(cols, key_col):
+        return hash32_tl(cols.to(tl.uint32) ^ key_col.to(tl.uint32, bitcast=True))

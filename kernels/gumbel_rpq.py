@@ -1,0 +1,456 @@
+"""BiRQ's enhanced-label path fused with its cross-entropy (straight-through Gumbel).
+
+For frames x (N, D), a frozen projection (G, D, d), a frozen unit-row codebook (G, K, d)
+and the prediction head's log-probabilities (N, G, K):
+
+    z       = normalize(x @ projection[g])                       (N, G, d)
+    s       = <codebook[g], z> / logit_scale                     (N, G, K)
+    u       = s + gumbel(seed, n, g, j)        (noise=False: u = s)
+    labels  = argmax_j u                                         (N, G)
+    pi      = softmax(u / tau)                                   the soft sample
+    loss    = -log_probs[n, g, labels]                           (N, G)
+
+The loss is read as ``-sum_j y_j * log_probs_j`` with the straight-through sample
+``y = onehot(labels) - sg(pi) + pi``: its value is the hard label's cross-entropy, its
+gradient reaches ``log_probs`` through the one-hot and ``x`` through ``pi`` (upstream
+gradient ``-log_probs``). With per-row softmax statistics (max m, normaliser l and
+``E = sum_j pi_j log_probs_j``) the gradient of u needs no N x K storage:
+
+    dloss/du_j = pi_j * (E - log_probs_j) / tau
+
+so the fused versions keep only z, the row norms, (m, l, E), the labels and the seed,
+and regenerate noise and pi tile by tile in the backward pass.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ._common import (
+    HAS_TRITON,
+    check_log_probs,
+    check_positive,
+    check_quantizer_inputs,
+    chunk_rows,
+    project_normalize,
+    reference_project_normalize,
+    resolve_backend,
+)
+from ._rng import as_int32, gumbel_noise, gumbel_noise_rows, seed_keys
+
+if HAS_TRITON:
+    import triton
+    import triton.language as tl
+
+    from ._rng import col_keys_tl, gumbel_tl, row_keys_tl
+    from .rpq_labels import block_sizes
+
+
+# --------------------------------------------------------------------------- reference
+
+
+def reference_gumbel_rpq_cross_entropy(
+    x: torch.Tensor,
+    projection: torch.Tensor,
+    codebook: torch.Tensor,
+    log_probs: torch.Tensor,
+    *,
+    tau: float,
+    logit_scale: float,
+    seed: int,
+    noise: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain-torch autograd definition of `gumbel_rpq_cross_entropy`.
+
+    Materialises every N x G x K intermediate (noise, scores, soft sample, one-hot).
+    """
+    N, G, _, _, K = check_quantizer_inputs(x, projection, codebook)
+    check_log_probs(log_probs, N, G, K, x.device)
+    z = reference_project_normalize(x, projection)
+    s = torch.einsum("ngd,gkd->ngk", z, codebook.float()) / logit_scale
+    if noise:
+        s = s + gumbel_noise(seed, N, G, K, device=x.device)
+    labels = s.argmax(dim=-1)
+    soft = torch.softmax(s / tau, dim=-1)
+    hard = F.one_hot(labels, K).to(soft.dtype)
+    sample = hard - soft.detach() + soft  # straight-through
+    loss = -(sample * log_probs).sum(dim=-1)
+    return loss, labels
+
+
+# ---------------------------------------------------------------------- chunked torch
+
+
+def _slab_scores(z_slab, codes_t, inv_scale, seed, row_ids, noise):
+    u = torch.mm(z_slab, codes_t).mul_(inv_scale)
+    if noise:
+        u += gumbel_noise_rows(seed, row_ids, codes_t.shape[1])
+    return u
+
+
+def _chunked_forward(z, codebook, log_probs, inv_scale, inv_tau, seed, noise):
+    N, G, _ = z.shape
+    K = codebook.shape[1]
+    rows = min(N, chunk_rows(K))
+    labels = torch.empty(N, G, device=z.device, dtype=torch.int64)
+    loss = torch.empty(N, G, device=z.device, dtype=torch.float32)
+    stats = torch.empty(N, G, 3, device=z.device, dtype=torch.float32)  # m, l, E
+    arange_n = torch.arange(N, device=z.device)
+    for g in range(G):
+        codes_t = codebook[g].t().contiguous()
+        for start in range(0, N, rows):
+            stop = min(N, start + rows)
+            u = _slab_scores(
+                z[start:stop, g], codes_t, inv_scale, seed, arange_n[start:stop] * G + g, noise
+            )
+            lab = u.argmax(dim=1)
+            w = u.mul_(inv_tau)
+            m = w.amax(dim=1, keepdim=True)
+            p = w.sub_(m).exp_()
+            l = p.sum(dim=1)
+            lp = log_probs[start:stop, g].float()
+            e = (p.mul_(lp)).sum(dim=1) / l
+            labels[start:stop, g] = lab
+            loss[start:stop, g] = -lp.gather(1, lab[:, None]).squeeze(1)
+            stats[start:stop, g, 0] = m.squeeze(1)
+            stats[start:stop, g, 1] = l
+            stats[start:stop, g, 2] = e
+    return loss, labels, stats
+
+
+def _chunked_backward(z, codebook, log_probs, stats, grad_loss, inv_scale, inv_tau, seed, noise):
+    N, G, d = z.shape
+    K = codebook.shape[1]
+    rows = min(N, chunk_rows(K))
+    grad_z = torch.empty(N, G, d, device=z.device, dtype=torch.float32)
+    arange_n = torch.arange(N, device=z.device)
+    for g in range(G):
+        codes = codebook[g]
+        codes_t = codes.t().contiguous()
+        for start in range(0, N, rows):
+            stop = min(N, start + rows)
+            u = _slab_scores(
+                z[start:stop, g], codes_t, inv_scale, seed, arange_n[start:stop] * G + g, noise
+            )
+            m, l, e = stats[start:stop, g].unbind(dim=1)
+            pi = u.mul_(inv_tau).sub_(m[:, None]).exp_().div_(l[:, None])
+            lp = log_probs[start:stop, g].float()
+            # dloss/du = pi * (E - lp) / tau, scaled by the incoming gradient.
+            coef = (grad_loss[start:stop, g] * inv_tau)[:, None]
+            grad_u = pi.mul_(torch.sub(e[:, None], lp).mul_(coef))
+            grad_z[start:stop, g] = torch.mm(grad_u, codes).mul_(inv_scale)
+    return grad_z
+
+
+# ----------------------------------------------------------------------------- triton
+
+if HAS_TRITON:
+
+    @triton.jit
+    def _gumbel_rpq_fwd_kernel(
+        z_ptr,  # (N, G, d) fp32 contiguous
+        codebook_ptr,  # (G, K, d) fp32 contiguous
+        log_probs_ptr,  # (N, G, K) any float, strided
+        labels_ptr,  # (N, G) int64
+        loss_ptr,  # (N, G) fp32
+        stats_ptr,  # (N, G, 3) fp32: m, l, E
+        N,
+        G,
+        K,
+        d,
+        stride_lp_n,
+        stride_lp_g,
+        stride_lp_k,
+        inv_scale,
+        inv_tau,
+        key_row,
+        key_col,
+        NOISE: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        BLOCK_K: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+    ):
+        pid_n = tl.program_id(0)
+        g = tl.program_id(1)
+        rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        dims = tl.arange(0, BLOCK_D)
+        row_ok = rows < N
+        dim_ok = dims < d
+        z = tl.load(
+            z_ptr + (rows[:, None] * G + g) * d + dims[None, :],
+            mask=row_ok[:, None] & dim_ok[None, :],
+            other=0.0,
+        )
+        if NOISE:
+            row_key = row_keys_tl(rows, g, G, key_row)
+        lp_rows = log_probs_ptr + rows.to(tl.int64) * stride_lp_n + g * stride_lp_g
+
+        best = tl.full([BLOCK_N], float("-inf"), tl.float32)
+        best_idx = tl.zeros([BLOCK_N], tl.int32)
+        m = tl.full([BLOCK_N], float("-inf"), tl.float32)
+        l = tl.zeros([BLOCK_N], tl.float32)
+        acc = tl.zeros([BLOCK_N], tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            codes = k0 + tl.arange(0, BLOCK_K)
+            code_ok = codes < K
+            c = tl.load(
+                codebook_ptr + (g * K + codes[:, None]) * d + dims[None, :],
+                mask=code_ok[:, None] & dim_ok[None, :],
+                other=0.0,
+            )
+            u = tl.dot(z, tl.trans(c), input_precision="ieee") * inv_scale
+            if NOISE:
+                u += gumbel_tl(row_key, col_keys_tl(codes, key_col))
+            u = tl.where(code_ok[None, :], u, float("-inf"))
+            tile_best, tile_idx = tl.max(
+                u, axis=1, return_indices=True, return_indices_tie_break_left=True
+            )
+            better = tile_best > best
+            best = tl.where(better, tile_best, best)
+            best_idx = tl.where(better, tile_idx + k0, best_idx)
+
+            lp = tl.load(
+                lp_rows[:, None] + codes[None, :] * stride_lp_k,
+                mask=row_ok[:, None] & code_ok[None, :],
+                other=0.0,
+            ).to(tl.float32)
+            # Online softmax of u / tau with the pi-weighted sum of log_probs alongside.
+            w = u * inv_tau
+            m_new = tl.maximum(m, tl.max(w, axis=1))
+            alpha = tl.exp(m - m_new)
+            p = tl.exp(w - m_new[:, None])
+            l = l * alpha + tl.sum(p, axis=1)
+            acc = acc * alpha + tl.sum(p * lp, axis=1)
+            m = m_new
+
+        lp_label = tl.load(lp_rows + best_idx * stride_lp_k, mask=row_ok, other=0.0)
+        out = rows * G + g
+        tl.store(labels_ptr + out, best_idx.to(tl.int64), mask=row_ok)
+        tl.store(loss_ptr + out, -lp_label.to(tl.float32), mask=row_ok)
+        tl.store(stats_ptr + out * 3, m, mask=row_ok)
+        tl.store(stats_ptr + out * 3 + 1, l, mask=row_ok)
+        tl.store(stats_ptr + out * 3 + 2, acc / l, mask=row_ok)
+
+    @triton.jit
+    def _gumbel_rpq_bwd_kernel(
+        z_ptr,  # (N, G, d) fp32
+        codebook_ptr,  # (G, K, d) fp32
+        log_probs_ptr,  # (N, G, K) strided
+        labels_ptr,  # (N, G) int64
+        stats_ptr,  # (N, G, 3)
+        grad_loss_ptr,  # (N, G) fp32 contiguous
+        grad_z_ptr,  # (N, G, d) fp32 out
+        grad_lp_ptr,  # (N, G, K) contiguous out, dtype of log_probs
+        N,
+        G,
+        K,
+        d,
+        stride_lp_n,
+        stride_lp_g,
+        stride_lp_k,
+        inv_scale,
+        inv_tau,
+        key_row,
+        key_col,
+        NOISE: tl.constexpr,
+        WRITE_GRAD_LP: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        BLOCK_K: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+    ):
+        pid_n = tl.program_id(0)
+        g = tl.program_id(1)
+        rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        dims = tl.arange(0, BLOCK_D)
+        row_ok = rows < N
+        dim_ok = dims < d
+        out = rows * G + g
+        z = tl.load(
+            z_ptr + out[:, None] * d + dims[None, :],
+            mask=row_ok[:, None] & dim_ok[None, :],
+            other=0.0,
+        )
+        m = tl.load(stats_ptr + out * 3, mask=row_ok, other=0.0)
+        inv_l = 1.0 / tl.load(stats_ptr + out * 3 + 1, mask=row_ok, other=1.0)
+        e = tl.load(stats_ptr + out * 3 + 2, mask=row_ok, other=0.0)
+        grad_loss = tl.load(grad_loss_ptr + out, mask=row_ok, other=0.0)
+        label = tl.load(labels_ptr + out, mask=row_ok, other=-1).to(tl.int32)
+        coef = grad_loss * inv_tau
+        if NOISE:
+            row_key = row_keys_tl(rows, g, G, key_row)
+        lp_rows = log_probs_ptr + rows.to(tl.int64) * stride_lp_n + g * stride_lp_g
+        grad_rows = grad_lp_ptr + out.to(tl.int64) * K
+
+        grad_z = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            codes = k0 + tl.arange(0, BLOCK_K)
+            code_ok = codes < K
+            tile_ok = row_ok[:, None] & code_ok[None, :]
+            c = tl.load(
+                codebook_ptr + (g * K + codes[:, None]) * d + dims[None, :],
+                mask=code_ok[:, None] & dim_ok[None, :],
+                other=0.0,
+            )
+            u = tl.dot(z, tl.trans(c), input_precision="ieee") * inv_scale
+            if NOISE:
+                u += gumbel_tl(row_key, col_keys_tl(codes, key_col))
+            pi = tl.exp(u * inv_tau - m[:, None]) * inv_l[:, None]
+            lp = tl.load(lp_rows[:, None] + codes[None, :] * stride_lp_k, mask=tile_ok, other=0.0)
+            grad_u = pi * (e[:, None] - lp.to(tl.float32)) * coef[:, None]
+            grad_u = tl.where(tile_ok, grad_u, 0.0)
+            grad_z += tl.dot(grad_u, c, input_precision="ieee")
+            if WRITE_GRAD_LP:
+                is_label = codes[None, :] == label[:, None]
+                grad_lp = tl.where(is_label, -grad_loss[:, None], 0.0)
+                tl.store(
+                    grad_rows[:, None] + codes[None, :],
+                    grad_lp.to(grad_lp_ptr.dtype.element_ty),
+                    mask=tile_ok,
+                )
+        tl.store(
+            grad_z_ptr + out[:, None] * d + dims[None, :],
+            grad_z * inv_scale,
+            mask=row_ok[:, None] & dim_ok[None, :],
+        )
+
+
+def _triton_forward(z, codebook, log_probs, inv_scale, inv_tau, seed, noise):
+    N, G, d = z.shape
+    K = codebook.shape[1]
+    labels = torch.empty(N, G, device=z.device, dtype=torch.int64)
+    loss = torch.empty(N, G, device=z.device, dtype=torch.float32)
+    stats = torch.empty(N, G, 3, device=z.device, dtype=torch.float32)
+    key_row, key_col = seed_keys(seed)
+    block_n, block_k, block_d = block_sizes(d, K)
+    grid = (triton.cdiv(N, block_n), G)
+    _gumbel_rpq_fwd_kernel[grid](
+        z, codebook, log_probs, labels, loss, stats, N, G, K, d,
+        *log_probs.stride(), inv_scale, inv_tau, as_int32(key_row), as_int32(key_col),
+        NOISE=noise, BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_D=block_d, num_warps=4,
+    )  # fmt: skip
+    return loss, labels, stats
+
+
+def _triton_backward(
+    z, codebook, log_probs, labels, stats, grad_loss, inv_scale, inv_tau, seed, noise, want_lp
+):
+    N, G, d = z.shape
+    K = codebook.shape[1]
+    grad_z = torch.empty_like(z)
+    grad_lp = (
+        torch.empty(N, G, K, device=z.device, dtype=log_probs.dtype) if want_lp else grad_z
+    )
+    key_row, key_col = seed_keys(seed)
+    block_n, block_k, block_d = block_sizes(d, K)
+    grid = (triton.cdiv(N, block_n), G)
+    _gumbel_rpq_bwd_kernel[grid](
+        z, codebook, log_probs, labels, stats, grad_loss, grad_z, grad_lp, N, G, K, d,
+        *log_probs.stride(), inv_scale, inv_tau, as_int32(key_row), as_int32(key_col),
+        NOISE=noise, WRITE_GRAD_LP=want_lp,
+        BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_D=block_d, num_warps=4,
+    )  # fmt: skip
+    return grad_z, (grad_lp if want_lp else None)
+
+
+# --------------------------------------------------------------------------- autograd
+
+
+class GumbelRPQCrossEntropy(torch.autograd.Function):
+    """Fused forward/backward; saves O(N * G * d) state, never O(N * K)."""
+
+    @staticmethod
+    def forward(ctx, x, projection, codebook, log_probs, tau, logit_scale, seed, noise, backend):
+        z, norm = project_normalize(x, projection)
+        codebook = codebook.detach().float().contiguous()
+        inv_scale, inv_tau = 1.0 / logit_scale, 1.0 / tau
+        if backend == "triton":
+            loss, labels, stats = _triton_forward(
+                z, codebook, log_probs.detach(), inv_scale, inv_tau, seed, noise
+            )
+        else:
+            loss, labels, stats = _chunked_forward(
+                z, codebook, log_probs.detach(), inv_scale, inv_tau, seed, noise
+            )
+        ctx.save_for_backward(z, norm, stats, labels, log_probs, projection, codebook)
+        ctx.config = (inv_scale, inv_tau, seed, noise, backend, x.dtype)
+        ctx.mark_non_differentiable(labels)
+        return loss, labels
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_labels):
+        z, norm, stats, labels, log_probs, projection, codebook = ctx.saved_tensors
+        inv_scale, inv_tau, seed, noise, backend, x_dtype = ctx.config
+        want_x, want_lp = ctx.needs_input_grad[0], ctx.needs_input_grad[3]
+        grad_loss = grad_loss.float().contiguous()
+        grad_x = grad_lp = None
+        if backend == "triton":
+            grad_z, grad_lp = _triton_backward(
+                z, codebook, log_probs.detach(), labels, stats, grad_loss,
+                inv_scale, inv_tau, seed, noise, want_lp,
+            )  # fmt: skip
+        else:
+            grad_z = None
+            if want_x:
+                grad_z = _chunked_backward(
+                    z, codebook, log_probs.detach(), stats, grad_loss,
+                    inv_scale, inv_tau, seed, noise,
+                )  # fmt: skip
+            if want_lp:
+                grad_lp = torch.zeros_like(log_probs)
+                grad_lp.scatter_(2, labels[:, :, None], (-grad_loss[:, :, None]).to(grad_lp.dtype))
+        if want_x:
+            # Through z = y / |y|: dy = (dz - z <z, dz>) / |y|; then through y = x P.
+            grad_y = (grad_z - z * (z * grad_z).sum(dim=-1, keepdim=True)) / norm
+            grad_x = torch.einsum("ngd,gDd->nD", grad_y, projection.float()).to(x_dtype)
+        return grad_x, None, None, grad_lp, None, None, None, None, None
+
+
+def gumbel_rpq_cross_entropy(
+    x: torch.Tensor,
+    projection: torch.Tensor,
+    codebook: torch.Tensor,
+    log_probs: torch.Tensor,
+    *,
+    tau: float,
+    logit_scale: float,
+    seed: int,
+    noise: bool = True,
+    backend: str = "auto",
+    check_codebook_norm: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Straight-through Gumbel-softmax RPQ labels and their cross-entropy, fused.
+
+    Args:
+        x: (N, D) frames (the label layer's normalised output), fp32/bf16/fp16.
+        projection: (G, D, d) frozen random projections.
+        codebook: (G, K, d) frozen codebooks, L2-normalised rows.
+        log_probs: (N, G, K) log-probabilities of the prediction head(s).
+        tau: Gumbel-softmax temperature of the soft sample (backward only).
+        logit_scale: kappa; scores are cosine similarities divided by it.
+        seed: 64-bit seed of the counter-based noise (derive it from step and rank).
+        noise: False gives the deterministic nearest code with the same soft backward.
+        backend: "auto" | "chunked" | "triton" | "reference".
+
+    Returns:
+        loss (N, G) fp32 = -log_probs at the labels, and labels (N, G) int64.
+        Gradients flow to ``x`` and ``log_probs``.
+    """
+    N, G, _, _, K = check_quantizer_inputs(
+        x, projection, codebook, check_codebook_norm=check_codebook_norm
+    )
+    check_log_probs(log_probs, N, G, K, x.device)
+    tau = check_positive("tau", tau)
+    logit_scale = check_positive("logit_scale", logit_scale)
+    seed_keys(seed)  # validates the seed
+    if N * G >= 2**32:
+        raise ValueError(f"N * G must be < 2**32 for the counter-based RNG, got {N * G}.")
+    backend = resolve_backend(backend, x.device)
+    if backend == "reference":
+        return reference_gumbel_rpq_cross_entropy(
+            x, projection, codebook, log_probs,
+            tau=tau, logit_scale=logit_scale, seed=seed, noise=noise,
+        )  # fmt: skip
+    return GumbelRPQCrossEntropy.apply(
+        x, projection, codebook, log_probs, tau, logit_scale, seed, bool(noise), backend
+    )
