@@ -24,8 +24,12 @@ BACKENDS = ("auto", "reference", "chunked", "triton")
 _NORM_TOL = {torch.float32: 1e-4, torch.float64: 1e-6, torch.bfloat16: 1e-2, torch.float16: 2e-3}
 
 # Rows per slab of the chunked path: the slab's (rows x K) fp32 similarities stay near
-# 2 MiB, which keeps them cache-resident and the extra memory independent of N.
-CHUNK_ELEMENTS = 1 << 19
+# 4 MiB (128 rows at K = 8192), which keeps them cache-resident and the extra memory
+# independent of N. Measured on 2 cores: 64-256 rows are within 10 % of each other.
+CHUNK_ELEMENTS = 1 << 20
+
+# Block width of `first_argmax`.
+ARGMAX_BLOCK = 128
 
 
 def triton_interpreting() -> bool:
@@ -142,5 +146,28 @@ def reference_project_normalize(x: torch.Tensor, projection: torch.Tensor) -> to
     return F.normalize(y, dim=-1)
 
 
-def chunk_rows(K: int, budget: int = CHUNK_ELEMENTS) -> int:
-    return max(1, budget // max(K, 1))
+def chunk_rows(K: int, budget: int | None = None) -> int:
+    return max(1, (CHUNK_ELEMENTS if budget is None else budget) // max(K, 1))
+
+
+def first_argmax(scores: torch.Tensor, block: int = ARGMAX_BLOCK) -> torch.Tensor:
+    """``scores.argmax(dim=1)`` for a 2-D tensor, first index on ties, fast on the CPU.
+
+    torch's CPU argmax runs ~15x slower than its amax (measured here: 95 ms against 5 ms
+    for 10k x 8192 fp32). So: amax over blocks of `block` codes, argmax over the block
+    maxima (the first block holding the row maximum also holds its first occurrence),
+    then argmax inside that block alone. Same result as torch.argmax, ties included.
+    """
+    n, K = scores.shape
+    if K <= 2 * block:
+        return scores.argmax(dim=1)
+    num_blocks = K // block
+    main = num_blocks * block
+    block_max = scores[:, :main].unflatten(1, (num_blocks, block)).amax(dim=2)
+    if main < K:
+        block_max = torch.cat([block_max, scores[:, main:].amax(dim=1, keepdim=True)], dim=1)
+    best_block = block_max.argmax(dim=1)
+    idx = best_block[:, None] * block + torch.arange(block, device=scores.device)[None, :]
+    inside = scores.gather(1, idx.clamp_max(K - 1))
+    inside = torch.where(idx < K, inside, float("-inf"))  # the tail block is shorter
+    return best_block * block + inside.argmax(dim=1)

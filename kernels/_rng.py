@@ -15,9 +15,8 @@ near-ideal avalanche). Because it is a bijection, the noise of one row never rep
 code's input, and rows differ through ``row_key``. The two seed keys come from the
 64-bit seed on the host, so a step/rank-derived seed changes every element.
 
-Torch has no unsigned 32-bit arithmetic on the CPU, so the torch version works on int64
-tensors holding values in [0, 2**32) and splits each multiplication so that no
-intermediate leaves int64's range.
+Torch has no unsigned 32-bit arithmetic on the CPU, so the torch version holds uint32 bit
+patterns in int32 tensors (same multiplication and xor bits; shifts masked to be logical).
 """
 
 from __future__ import annotations
@@ -68,25 +67,32 @@ def as_int32(key: int) -> int:
     return key - 2**32 if key >= 2**31 else key
 
 
-def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
-    # (x * c) mod 2**32 with x < 2**32 held in int64: split c in 16-bit halves so that
-    # every partial product stays below 2**49.
-    lo = x * (c & 0xFFFF)
-    hi = ((x * (c >> 16)) & 0xFFFF) << 16
-    return (lo + hi) & _MASK32
+# The same constants as signed int32: torch multiplies int32 tensors with two's-complement
+# wrap-around (vectorised mullo on CPU, native on CUDA), which is exactly uint32
+# multiplication mod 2**32; the tests check the result bit for bit against Triton's uint32.
+_M1_I32 = _M1
+_M2_I32 = _M2 - 2**32
 
 
-def _hash32(x: torch.Tensor) -> torch.Tensor:
-    x = x ^ (x >> 16)
-    x = _mul32(x, _M1)
-    x = x ^ (x >> 15)
-    x = _mul32(x, _M2)
-    return x ^ (x >> 16)
+def _hash32_(x: torch.Tensor, tmp: torch.Tensor) -> torch.Tensor:
+    """lowbias32 in place on an int32 tensor holding uint32 bit patterns.
+
+    torch's ``>>`` on int32 is arithmetic, so each shift is masked to be logical.
+    """
+    torch.bitwise_right_shift(x, 16, out=tmp)
+    x ^= tmp.bitwise_and_(0xFFFF)
+    x *= _M1_I32
+    torch.bitwise_right_shift(x, 15, out=tmp)
+    x ^= tmp.bitwise_and_(0x1FFFF)
+    x *= _M2_I32
+    torch.bitwise_right_shift(x, 16, out=tmp)
+    x ^= tmp.bitwise_and_(0xFFFF)
+    return x
 
 
-def _bits_to_gumbel(bits: torch.Tensor) -> torch.Tensor:
-    u = ((bits >> 8).to(torch.float32) + 0.5) * (2.0**-24)
-    return -torch.log(-torch.log(u))
+def _keys(values: torch.Tensor, key: int) -> torch.Tensor:
+    x = values.to(torch.int32) ^ as_int32(key)
+    return _hash32_(x, torch.empty_like(x))
 
 
 def gumbel_noise_rows(
@@ -104,12 +110,14 @@ def gumbel_noise_rows(
     """
     key_row, key_col = seed_keys(seed)
     device = row_ids.device if device is None else device
-    rows = row_ids.to(device=device, dtype=torch.int64)
-    cols = torch.arange(col_start, num_codes, device=device, dtype=torch.int64)
-    row_key = _hash32(rows ^ key_row)
-    col_key = _hash32(cols ^ key_col)
-    bits = _hash32(row_key[:, None] ^ col_key[None, :])
-    return _bits_to_gumbel(bits)
+    # uint32 wrap of n * G + g: int64 first, then the low 32 bits as int32.
+    rows = (row_ids.to(device=device, dtype=torch.int64) & _MASK32).to(torch.int32)
+    cols = torch.arange(col_start, num_codes, device=device, dtype=torch.int32)
+    bits = _keys(rows, key_row)[:, None] ^ _keys(cols, key_col)[None, :]
+    _hash32_(bits, torch.empty_like(bits))
+    bits = torch.bitwise_right_shift(bits, 8).bitwise_and_(0xFFFFFF)  # top 24 bits
+    u = bits.to(torch.float32).add_(0.5).mul_(2.0**-24)  # (0, 1), exact in fp32
+    return u.log_().neg_().log_().neg_()
 
 
 def gumbel_noise(

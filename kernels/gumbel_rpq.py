@@ -33,6 +33,7 @@ from ._common import (
     check_positive,
     check_quantizer_inputs,
     chunk_rows,
+    first_argmax,
     project_normalize,
     reference_project_normalize,
     resolve_backend,
@@ -46,6 +47,8 @@ if HAS_TRITON:
     from ._rng import col_keys_tl, gumbel_tl, row_keys_tl
     from .rpq_labels import block_sizes
 
+
+GUMBEL_BLOCK_N = 32  # rows per program of the Gumbel kernels (see block_sizes)
 
 # --------------------------------------------------------------------------- reference
 
@@ -104,7 +107,7 @@ def _chunked_forward(z, codebook, log_probs, inv_scale, inv_tau, seed, noise):
             u = _slab_scores(
                 z[start:stop, g], codes_t, inv_scale, seed, arange_n[start:stop] * G + g, noise
             )
-            lab = u.argmax(dim=1)
+            lab = first_argmax(u)
             w = u.mul_(inv_tau)
             m = w.amax(dim=1, keepdim=True)
             p = w.sub_(m).exp_()
@@ -322,7 +325,7 @@ def _triton_forward(z, codebook, log_probs, inv_scale, inv_tau, seed, noise):
     loss = torch.empty(N, G, device=z.device, dtype=torch.float32)
     stats = torch.empty(N, G, 3, device=z.device, dtype=torch.float32)
     key_row, key_col = seed_keys(seed)
-    block_n, block_k, block_d = block_sizes(d, K)
+    block_n, block_k, block_d = block_sizes(d, K, GUMBEL_BLOCK_N)
     grid = (triton.cdiv(N, block_n), G)
     _gumbel_rpq_fwd_kernel[grid](
         z, codebook, log_probs, labels, loss, stats, N, G, K, d,
@@ -342,7 +345,7 @@ def _triton_backward(
         torch.empty(N, G, K, device=z.device, dtype=log_probs.dtype) if want_lp else grad_z
     )
     key_row, key_col = seed_keys(seed)
-    block_n, block_k, block_d = block_sizes(d, K)
+    block_n, block_k, block_d = block_sizes(d, K, GUMBEL_BLOCK_N)
     grid = (triton.cdiv(N, block_n), G)
     _gumbel_rpq_bwd_kernel[grid](
         z, codebook, log_probs, labels, stats, grad_loss, grad_z, grad_lp, N, G, K, d,

@@ -21,6 +21,7 @@ from ._common import (
     HAS_TRITON,
     check_quantizer_inputs,
     chunk_rows,
+    first_argmax,
     project_normalize,
     reference_project_normalize,
     resolve_backend,
@@ -55,7 +56,7 @@ def _rpq_labels_chunked(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor
             stop = min(N, start + rows)
             slab = sims[: stop - start]
             torch.mm(z_g[start:stop], codes_t, out=slab)
-            torch.argmax(slab, dim=1, out=labels[g, start:stop])
+            labels[g, start:stop] = first_argmax(slab)
     return labels.t().contiguous()
 
 
@@ -109,15 +110,17 @@ if HAS_TRITON:
         tl.store(labels_ptr + rows * G + g, best_idx.to(tl.int64), mask=row_ok)
 
 
-def block_sizes(d: int, K: int) -> tuple[int, int, int]:
+def block_sizes(d: int, K: int, block_n: int = 64) -> tuple[int, int, int]:
     """(BLOCK_N, BLOCK_K, BLOCK_D) for the Triton kernels.
 
     tl.dot needs every block dim >= 16; d is padded to a power of two (padding is zero,
-    so it changes no similarity).
+    so it changes no similarity). The tile sizes are not tuned on a GPU yet: they were
+    picked from the AOT compile (kernels/aot.py) to stay near <= 168 registers per thread
+    and <= 64 KiB of shared memory on sm_80/sm_90 (the Gumbel kernels use 32 rows).
     """
     block_d = max(16, triton.next_power_of_2(d))
-    block_k = min(128, max(16, triton.next_power_of_2(K)))
-    return 64, block_k, block_d
+    block_k = min(64, max(16, triton.next_power_of_2(K)))
+    return block_n, block_k, block_d
 
 
 def _rpq_labels_triton(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:

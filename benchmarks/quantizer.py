@@ -1,0 +1,320 @@
+"""Quantizer benchmark: eager reference vs chunked torch vs torch.compile vs Triton.
+
+    python benchmarks/quantizer.py [--quick] [--out DIR]
+
+Workloads at BEST-RQ sizes (D = 320, d = 16, K = 8192):
+- ``labels``: `rpq_labels` (anchor labels, forward only), N in {10k, 40k}, G in {1, 4};
+- ``gumbel``: `gumbel_rpq_cross_entropy` forward + backward (enhanced labels), N = 10k.
+
+Every measurement runs in a fresh subprocess, so peak memory is that case's alone: on
+the CPU, the growth of the process's peak RSS over its RSS before the call; on CUDA,
+``torch.cuda.max_memory_allocated`` over the inputs. CPU cases run twice, with and
+without ``THP_MEM_ALLOC_ENABLE=1`` (transparent huge pages for large torch
+allocations), because much of the eager reference's time is page-faulting its fresh
+N x K buffers. The machine's fp32 GEMM rate is measured in the same run, and each
+case's useful GEMM FLOPs are reported as a fraction of it.
+
+With the optional ``bench`` extra installed, the random-projection quantizers of
+vector-quantize-pytorch and SpeechBrain run on the same inputs (their projection and
+codebook are fed to ours, and the labels must agree).
+
+Writes ``quantizer.json`` and ``quantizer.md`` under --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+D, d, K = 320, 16, 8192
+
+
+# --------------------------------------------------------------------------- worker
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
+
+
+def _inputs(N: int, G: int, device: str):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(N, D, generator=gen)
+    projection = torch.nn.init.xavier_uniform_(torch.empty(G, D, d), generator=gen)
+    codebook = F.normalize(torch.randn(G, K, d, generator=gen), dim=-1)
+    return x.to(device), projection.to(device), codebook.to(device)
+
+
+def _peer_fn(name: str, G: int):
+    """A peer's quantizer, its (projection, codebook) in our layout, and the frames that
+    our `rpq_labels` must see to reproduce its labels."""
+    if name == "vector-quantize-pytorch":
+        from vector_quantize_pytorch import RandomProjectionQuantizer
+
+        rpq = RandomProjectionQuantizer(dim=D, num_codebooks=G, codebook_dim=d, codebook_size=K)
+        rpq.eval()
+
+        def run(x):
+            return rpq(x[None]).reshape(x.shape[0], G)
+
+        projection = rpq.rand_projs.detach().clone()
+        codebook = F.normalize(rpq.vq.codebook.detach().reshape(G, K, d), dim=-1)
+        # It normalises frames with a LayerNorm (no affine) before projecting.
+        return run, projection, codebook, lambda x: F.layer_norm(x, (D,))
+    if name == "speechbrain":
+        from speechbrain.nnet.quantisers import RandomProjectionQuantizer
+
+        assert G == 1
+        rpq = RandomProjectionQuantizer(input_dim=D, cb_dim=d, cb_vocab=K)
+
+        def run(x):
+            return rpq(x[None])[0][:, None]
+
+        return run, rpq.P.detach()[None].clone(), rpq.CB.detach()[None].clone(), lambda x: x
+    raise ValueError(name)
+
+
+def worker(case: dict) -> dict:
+    from birq_kernels import (
+        gumbel_rpq_cross_entropy,
+        reference_gumbel_rpq_cross_entropy,
+        reference_rpq_labels,
+        rpq_labels,
+    )
+
+    torch.manual_seed(0)
+    N, G, impl, workload, device = case["N"], case["G"], case["impl"], case["workload"], case["device"]
+    x, projection, codebook = _inputs(N, G, device)
+    result: dict = {}
+    if impl.startswith("peer:"):
+        run_peer, projection, codebook, prepare = _peer_fn(impl[5:], G)
+        ours = rpq_labels(prepare(x), projection.to(device), codebook.to(device))
+        with torch.no_grad():
+            theirs = run_peer(x)
+        result["label_agreement"] = (theirs.long() == ours).float().mean().item()
+
+        def fn():
+            with torch.no_grad():
+                return run_peer(x)
+
+    elif workload == "labels":
+        backend = {"eager": "reference", "chunked": "chunked", "triton": "triton"}.get(impl)
+        if impl == "compile":
+            compiled = torch.compile(reference_rpq_labels, dynamic=False)
+
+            def fn():
+                return compiled(x, projection, codebook)
+
+        else:
+
+            def fn():
+                return rpq_labels(x, projection, codebook, backend=backend)
+
+        if impl != "eager":
+            expected = reference_rpq_labels(x, projection, codebook)
+            result["label_agreement"] = (fn() == expected).float().mean().item()
+    else:
+        log_probs = torch.log_softmax(torch.randn(N, G, K, device=device), dim=-1)
+        backend = {"eager": "reference", "chunked": "chunked", "triton": "triton"}[impl]
+
+        def fn():
+            xx = x.clone().requires_grad_()
+            lp = log_probs.clone().requires_grad_()
+            loss, labels = gumbel_rpq_cross_entropy(
+                xx, projection, codebook, lp, tau=1.0, logit_scale=0.1, seed=1, backend=backend
+            )
+            loss.sum().backward()
+            return labels
+
+        del reference_gumbel_rpq_cross_entropy  # reached through backend="reference"
+
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    rss0 = _rss_kib()
+    t0 = time.perf_counter()
+    fn()  # first call: compile, page faults, peak memory
+    sync()
+    result["first_call_s"] = time.perf_counter() - t0
+    if device == "cuda":
+        result["peak_extra_mb"] = (torch.cuda.max_memory_allocated() - base) / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        result["peak_extra_mb"] = max(0, peak - rss0) / 1024
+    times = []
+    for _ in range(case["repeats"]):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    result["time_s"] = min(times)
+    return result
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def gemm_gflops(device: str) -> float:
+    n = 2048
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    best = float("inf")
+    for _ in range(5):
+        sync()
+        t0 = time.perf_counter()
+        a @ b
+        sync()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def useful_gflop(workload: str, N: int, G: int) -> float:
+    if workload == "labels":  # projection + similarities
+        return 2 * N * G * (D * d + K * d) / 1e9
+    # forward as above; backward: similarities again, grad_z, grad_x
+    return 2 * N * G * (2 * D * d + 3 * K * d) / 1e9
+
+
+def run_case(case: dict, thp: bool, timeout: int) -> dict:
+    env = {**os.environ, "THP_MEM_ALLOC_ENABLE": "1" if thp else "0"}
+    try:
+        proc = subprocess.run(
+            [sys.executable, __file__, "--worker", json.dumps(case)],
+            capture_output=True, text=True, env=env, timeout=timeout,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout} s"}
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["exit code %d" % proc.returncode])[-1]
+        return {"error": last[:200]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def available_peers() -> list[str]:
+    peers = []
+    for name, module in (("vector-quantize-pytorch", "vector_quantize_pytorch"), ("speechbrain", "speechbrain")):
+        try:
+            __import__(module)
+            peers.append(name)
+        except Exception:  # noqa: BLE001 - any import failure means "not installed"
+            pass
+    return peers
+
+
+def plan(quick: bool, device: str) -> list[dict]:
+    label_sizes = [(2000, 1)] if quick else [(10_000, 1), (10_000, 4), (40_000, 1), (40_000, 4)]
+    gumbel_sizes = [(1000, 1)] if quick else [(10_000, 1)]
+    fast = "triton" if device == "cuda" else "chunked"
+    impls = ["eager", fast] + ([] if quick else ["compile"])
+    cases = []
+    for N, G in label_sizes:
+        for impl in impls:
+            cases.append(dict(workload="labels", N=N, G=G, impl=impl))
+    for N, G in gumbel_sizes:
+        for impl in ("eager", fast):
+            cases.append(dict(workload="gumbel", N=N, G=G, impl=impl))
+    for peer in available_peers():
+        N, G = label_sizes[0]
+        cases.append(dict(workload="labels", N=N, G=G, impl=f"peer:{peer}"))
+    for case in cases:
+        case.update(device=device, repeats=1 if quick else 3)
+    return cases
+
+
+def markdown(report: dict) -> str:
+    m = report["machine"]
+    lines = [
+        "# Quantizer benchmark",
+        "",
+        f"Machine: {m['device_name']}, {m['threads']} torch threads; torch {m['torch']}; "
+        f"measured fp32 GEMM rate: {m['gemm_gflops']:.0f} GFLOP/s.",
+        f"Sizes: D = {D}, d = {d}, K = {K}. Time is the best of the repeats after a first "
+        "call; peak = extra memory of the first call (CPU: peak RSS growth; CUDA: allocator).",
+        "",
+        "| workload | N | G | impl | THP | time (ms) | frames/s | x eager | peak extra (MB) | % GEMM rate | labels agree |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["results"]:
+        if "error" in r:
+            lines.append(
+                f"| {r['workload']} | {r['N']} | {r['G']} | {r['impl']} | {r['thp']} | "
+                f"failed: {r['error']} | | | | | |"
+            )
+            continue
+        if "label_agreement" in r:
+            agree = f"{100 * r['label_agreement']:.2f} %"
+        else:
+            agree = "(reference)" if r["impl"] == "eager" else "n/a"
+        lines.append(
+            f"| {r['workload']} | {r['N']} | {r['G']} | {r['impl']} | {r['thp']} | "
+            f"{1000 * r['time_s']:.1f} | {r['frames_per_s']:,.0f} | "
+            f"{r.get('speedup_vs_eager', float('nan')):.2f} | {r['peak_extra_mb']:.0f} | "
+            f"{100 * r['gemm_fraction']:.0f} % | {agree} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, one repeat (~1 min)")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/quantizer"))
+    parser.add_argument("--timeout", type=int, default=900, help="seconds per case")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    machine = {
+        "device": device,
+        "device_name": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "gemm_gflops": gemm_gflops(device),
+    }
+    cases = plan(args.quick, device)
+    thp_settings = [False, True] if device == "cpu" else [False]
+    results = []
+    total = len(cases) * len(thp_settings)
+    for i, (case, thp) in enumerate(((c, t) for c in cases for t in thp_settings), 1):
+        label = f"[{i}/{total}] {case['workload']} N={case['N']} G={case['G']} {case['impl']} THP={int(thp)}"
+        print(label, end=" ... ", flush=True)
+        out = run_case(case, thp, args.timeout)
+        row = {**case, "thp": int(thp), **out}
+        if "error" not in out:
+            row["frames_per_s"] = case["N"] / out["time_s"]
+            row["gemm_fraction"] = useful_gflop(case["workload"], case["N"], case["G"]) / out["time_s"] / machine["gemm_gflops"]
+            print(f"{1000 * out['time_s']:.1f} ms, peak +{out['peak_extra_mb']:.0f} MB")
+        else:
+            print(out["error"])
+        results.append(row)
+    for row in results:  # ratios against the eager reference of the same case and THP
+        eager = next(
+            (r for r in results if r["impl"] == "eager" and "error" not in r
+             and all(r[k] == row[k] for k in ("workload", "N", "G", "thp"))),
+            None,
+        )  # fmt: skip
+        if eager and "error" not in row:
+            row["speedup_vs_eager"] = eager["time_s"] / row["time_s"]
+    report = {"machine": machine, "quick": args.quick, "results": results}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "quantizer.json").write_text(json.dumps(report, indent=2))
+    (args.out / "quantizer.md").write_text(markdown(report))
+    print(f"\nWrote {args.out / 'quantizer.md'} and quantizer.json\n")
+    print(markdown(report))
+
+
+if __name__ == "__main__":
+    main()
