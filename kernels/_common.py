@@ -52,7 +52,9 @@ def check_quantizer_inputs(
     if x.dim() != 2:
         raise ValueError(f"`x` must be 2-D (N, D), got shape {tuple(x.shape)}.")
     if projection.dim() != 3:
-        raise ValueError(f"`projection` must be 3-D (G, D, d), got shape {tuple(projection.shape)}.")
+        raise ValueError(
+            f"`projection` must be 3-D (G, D, d), got shape {tuple(projection.shape)}."
+        )
     if codebook.dim() != 3:
         raise ValueError(f"`codebook` must be 3-D (G, K, d), got shape {tuple(codebook.shape)}.")
     N, D = x.shape

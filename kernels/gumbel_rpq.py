@@ -111,13 +111,13 @@ def _chunked_forward(z, codebook, log_probs, inv_scale, inv_tau, seed, noise):
             w = u.mul_(inv_tau)
             m = w.amax(dim=1, keepdim=True)
             p = w.sub_(m).exp_()
-            l = p.sum(dim=1)
+            denom = p.sum(dim=1)
             lp = log_probs[start:stop, g].float()
-            e = (p.mul_(lp)).sum(dim=1) / l
+            e = (p.mul_(lp)).sum(dim=1) / denom
             labels[start:stop, g] = lab
             loss[start:stop, g] = -lp.gather(1, lab[:, None]).squeeze(1)
             stats[start:stop, g, 0] = m.squeeze(1)
-            stats[start:stop, g, 1] = l
+            stats[start:stop, g, 1] = denom
             stats[start:stop, g, 2] = e
     return loss, labels, stats
 
@@ -136,8 +136,8 @@ def _chunked_backward(z, codebook, log_probs, stats, grad_loss, inv_scale, inv_t
             u = _slab_scores(
                 z[start:stop, g], codes_t, inv_scale, seed, arange_n[start:stop] * G + g, noise
             )
-            m, l, e = stats[start:stop, g].unbind(dim=1)
-            pi = u.mul_(inv_tau).sub_(m[:, None]).exp_().div_(l[:, None])
+            m, denom, e = stats[start:stop, g].unbind(dim=1)
+            pi = u.mul_(inv_tau).sub_(m[:, None]).exp_().div_(denom[:, None])
             lp = log_probs[start:stop, g].float()
             # dloss/du = pi * (E - lp) / tau, scaled by the incoming gradient.
             coef = (grad_loss[start:stop, g] * inv_tau)[:, None]
@@ -192,7 +192,7 @@ if HAS_TRITON:
         best = tl.full([BLOCK_N], float("-inf"), tl.float32)
         best_idx = tl.zeros([BLOCK_N], tl.int32)
         m = tl.full([BLOCK_N], float("-inf"), tl.float32)
-        l = tl.zeros([BLOCK_N], tl.float32)
+        denom = tl.zeros([BLOCK_N], tl.float32)
         acc = tl.zeros([BLOCK_N], tl.float32)
         for k0 in range(0, K, BLOCK_K):
             codes = k0 + tl.arange(0, BLOCK_K)
@@ -223,7 +223,7 @@ if HAS_TRITON:
             m_new = tl.maximum(m, tl.max(w, axis=1))
             alpha = tl.exp(m - m_new)
             p = tl.exp(w - m_new[:, None])
-            l = l * alpha + tl.sum(p, axis=1)
+            denom = denom * alpha + tl.sum(p, axis=1)
             acc = acc * alpha + tl.sum(p * lp, axis=1)
             m = m_new
 
@@ -232,8 +232,8 @@ if HAS_TRITON:
         tl.store(labels_ptr + out, best_idx.to(tl.int64), mask=row_ok)
         tl.store(loss_ptr + out, -lp_label.to(tl.float32), mask=row_ok)
         tl.store(stats_ptr + out * 3, m, mask=row_ok)
-        tl.store(stats_ptr + out * 3 + 1, l, mask=row_ok)
-        tl.store(stats_ptr + out * 3 + 2, acc / l, mask=row_ok)
+        tl.store(stats_ptr + out * 3 + 1, denom, mask=row_ok)
+        tl.store(stats_ptr + out * 3 + 2, acc / denom, mask=row_ok)
 
     @triton.jit
     def _gumbel_rpq_bwd_kernel(
@@ -341,9 +341,7 @@ def _triton_backward(
     N, G, d = z.shape
     K = codebook.shape[1]
     grad_z = torch.empty_like(z)
-    grad_lp = (
-        torch.empty(N, G, K, device=z.device, dtype=log_probs.dtype) if want_lp else grad_z
-    )
+    grad_lp = torch.empty(N, G, K, device=z.device, dtype=log_probs.dtype) if want_lp else grad_z
     key_row, key_col = seed_keys(seed)
     block_n, block_k, block_d = block_sizes(d, K, GUMBEL_BLOCK_N)
     grid = (triton.cdiv(N, block_n), G)

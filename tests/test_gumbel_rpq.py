@@ -3,14 +3,13 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_log_probs, make_quantizer
-
 from birq_kernels import (
     gumbel_noise,
     gumbel_rpq_cross_entropy,
     reference_gumbel_rpq_cross_entropy,
     rpq_labels,
 )
+from conftest import make_log_probs, make_quantizer
 
 SHAPES = [
     (1, 80, 1, 16, 8192),
@@ -36,8 +35,19 @@ def test_fused_matches_reference_values_and_gradients(shape, noise):
     x, projection, codebook = make_quantizer(*shape, seed=N + K)
     log_probs = make_log_probs(N, G, K)
     weights = torch.randn(N, G, generator=torch.Generator().manual_seed(2))
-    ref = _run(reference_gumbel_rpq_cross_entropy, x, projection, codebook, log_probs, weights, noise=noise, **KW)
-    got = _run(gumbel_rpq_cross_entropy, x, projection, codebook, log_probs, weights, noise=noise, **KW)
+    ref = _run(
+        reference_gumbel_rpq_cross_entropy,
+        x,
+        projection,
+        codebook,
+        log_probs,
+        weights,
+        noise=noise,
+        **KW,
+    )
+    got = _run(
+        gumbel_rpq_cross_entropy, x, projection, codebook, log_probs, weights, noise=noise, **KW
+    )
     loss_r, labels_r, gx_r, glp_r = ref
     loss, labels, gx, glp = got
     assert torch.equal(labels, labels_r)
@@ -84,7 +94,14 @@ def test_sampled_labels_follow_softmax_of_scores(backend):
     assert probs.min() > 0.02 and probs.max() < 0.8  # a non-degenerate target
     log_probs = torch.full((N, 1, K), -math.log(K))
     _, labels = gumbel_rpq_cross_entropy(
-        x, projection, codebook, log_probs, tau=1.0, logit_scale=logit_scale, seed=77, backend=backend
+        x,
+        projection,
+        codebook,
+        log_probs,
+        tau=1.0,
+        logit_scale=logit_scale,
+        seed=77,
+        backend=backend,
     )
     counts = torch.bincount(labels[:, 0], minlength=K).double()
     expected = probs.double() * N
@@ -132,8 +149,24 @@ def test_half_precision_log_probs_and_frames():
     x, projection, codebook = make_quantizer(N, 48, G, 16, K, seed=10)
     log_probs = make_log_probs(N, G, K)
     weights = torch.ones(N, G)
-    ref = _run(reference_gumbel_rpq_cross_entropy, x.bfloat16().float(), projection, codebook, log_probs.bfloat16().float(), weights, **KW)
-    loss, labels, gx, glp = _run(gumbel_rpq_cross_entropy, x.bfloat16(), projection, codebook, log_probs.bfloat16(), weights, **KW)
+    ref = _run(
+        reference_gumbel_rpq_cross_entropy,
+        x.bfloat16().float(),
+        projection,
+        codebook,
+        log_probs.bfloat16().float(),
+        weights,
+        **KW,
+    )
+    loss, labels, gx, glp = _run(
+        gumbel_rpq_cross_entropy,
+        x.bfloat16(),
+        projection,
+        codebook,
+        log_probs.bfloat16(),
+        weights,
+        **KW,
+    )
     assert labels.dtype == torch.int64 and loss.dtype == torch.float32
     assert gx.dtype == torch.bfloat16 and glp.dtype == torch.bfloat16
     # Stated tolerance: the same labels (math is fp32 after upcasting), the loss exactly
@@ -150,12 +183,20 @@ class TestBadInput:
         self.log_probs = make_log_probs(10, 2, 50)
 
     def call(self, **over):
-        args = dict(x=self.x, projection=self.projection, codebook=self.codebook, log_probs=self.log_probs, **KW)
+        args = dict(
+            x=self.x,
+            projection=self.projection,
+            codebook=self.codebook,
+            log_probs=self.log_probs,
+            **KW,
+        )
         args.update(over)
         return gumbel_rpq_cross_entropy(**args)
 
     def test_log_probs_shape(self):
-        with pytest.raises(ValueError, match=r"`log_probs` must have shape \(N, G, K\) = \(10, 2, 50\)"):
+        with pytest.raises(
+            ValueError, match=r"`log_probs` must have shape \(N, G, K\) = \(10, 2, 50\)"
+        ):
             self.call(log_probs=self.log_probs[:, :, :49])
 
     def test_log_probs_dtype(self):

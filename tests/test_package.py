@@ -25,7 +25,9 @@ def test_birq_kernels_never_imports_fairseq2():
 
 def test_extension_entry_point_is_registered_and_loads():
     eps = metadata.entry_points(group="fairseq2.extension")
-    assert [ep.value for ep in eps if ep.name == "birq_fs2"] == ["birq_fs2.extension:setup_birq_fs2"]
+    assert [ep.value for ep in eps if ep.name == "birq_fs2"] == [
+        "birq_fs2.extension:setup_birq_fs2"
+    ]
     # With tracing on, a failing extension raises instead of logging a warning.
     proc = _python(
         "from fairseq2 import init_fairseq2; init_fairseq2(no_progress=True); print('ok')",

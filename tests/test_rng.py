@@ -2,7 +2,6 @@ import math
 
 import pytest
 import torch
-
 from birq_kernels import gumbel_noise
 from birq_kernels._rng import gumbel_noise_rows, seed_keys
 
@@ -42,7 +41,10 @@ def test_noise_follows_gumbel_distribution():
         assert abs(empirical - math.exp(-math.exp(-q))) < 3e-3
     # Neighbouring codes and neighbouring rows are uncorrelated.
     grid = gumbel_noise(5, 2000, 1, 256)[:, 0]
-    assert abs(torch.corrcoef(torch.stack([grid[:, :-1].flatten(), grid[:, 1:].flatten()]))[0, 1]) < 0.01
+    assert (
+        abs(torch.corrcoef(torch.stack([grid[:, :-1].flatten(), grid[:, 1:].flatten()]))[0, 1])
+        < 0.01
+    )
     assert abs(torch.corrcoef(torch.stack([grid[:-1].flatten(), grid[1:].flatten()]))[0, 1]) < 0.01
 
 

@@ -1,10 +1,9 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_quantizer, signed_one_hot_codebook
-
 from birq_kernels import reference_rpq_labels, rpq_labels
 from birq_kernels._common import first_argmax
+from conftest import make_quantizer, signed_one_hot_codebook
 
 # N, D, G, d, K: D and K off powers of two and off every block size, N = 1, G > 1,
 # d below and above 16, a K smaller than one argmax block and one just past a block.

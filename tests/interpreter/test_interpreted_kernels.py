@@ -10,14 +10,13 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_log_probs, make_quantizer, signed_one_hot_codebook
-
 from birq_kernels import (
     gumbel_rpq_cross_entropy,
     reference_gumbel_rpq_cross_entropy,
     reference_rpq_labels,
     rpq_labels,
 )
+from conftest import make_log_probs, make_quantizer, signed_one_hot_codebook
 
 assert os.environ.get("TRITON_INTERPRET") == "1"
 
