@@ -47,6 +47,25 @@ def _rss_kib() -> int:
         return int(f.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
 
 
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (VmHWM); False where Linux does not allow it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_kib(was_reset: bool) -> int:
+    if was_reset:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # lifetime peak: an upper bound
+
+
 def _inputs(N: int, G: int, device: str):
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(N, D, generator=gen)
@@ -145,6 +164,7 @@ def worker(case: dict) -> dict:
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     rss0 = _rss_kib()
+    was_reset = _reset_peak_rss()
     t0 = time.perf_counter()
     fn()  # first call: compile, page faults, peak memory
     sync()
@@ -152,8 +172,7 @@ def worker(case: dict) -> dict:
     if device == "cuda":
         result["peak_extra_mb"] = (torch.cuda.max_memory_allocated() - base) / 2**20
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        result["peak_extra_mb"] = max(0, peak - rss0) / 1024
+        result["peak_extra_mb"] = max(0, _peak_rss_kib(was_reset) - rss0) / 1024
     times = []
     for _ in range(case["repeats"]):
         t0 = time.perf_counter()
@@ -195,7 +214,18 @@ def useful_gflop(workload: str, N: int, G: int) -> float:
     return 2 * N * G * (2 * D * d + 3 * K * d) / 1e9
 
 
-def run_case(case: dict, thp: bool, timeout: int) -> dict:
+def run_case(case: dict, thp: bool, timeout: int, processes: int) -> dict:
+    """Best time of `processes` fresh processes: a 2-core VM's timings vary by up to 2x
+    from one process to the next (thread placement, neighbours), less within one."""
+    runs = [_run_process(case, thp, timeout) for _ in range(processes)]
+    ok = [r for r in runs if "error" not in r]
+    if not ok:
+        return runs[0]
+    best = min(ok, key=lambda r: r["time_s"])
+    return {**best, "peak_extra_mb": max(r["peak_extra_mb"] for r in ok), "processes": len(ok)}
+
+
+def _run_process(case: dict, thp: bool, timeout: int) -> dict:
     env = {**os.environ, "THP_MEM_ALLOC_ENABLE": "1" if thp else "0"}
     try:
         proc = subprocess.run(
@@ -251,8 +281,11 @@ def markdown(report: dict) -> str:
         "",
         f"Machine: {m['device_name']}, {m['threads']} torch threads; torch {m['torch']}; "
         f"measured fp32 GEMM rate: {m['gemm_gflops']:.0f} GFLOP/s.",
-        f"Sizes: D = {D}, d = {d}, K = {K}. Time is the best of the repeats after a first "
-        "call; peak = extra memory of the first call (CPU: peak RSS growth; CUDA: allocator).",
+        f"Sizes: D = {D}, d = {d}, K = {K}. Time: the best of {report['repeats']} calls after "
+        f"a first call, in each of {report['processes']} fresh processes. Peak: extra memory "
+        "of the first full-size call after a 64-frame warm-up (CPU: growth of the peak RSS "
+        "over the RSS before the call; CUDA: the allocator's peak over the inputs). THP: "
+        "THP_MEM_ALLOC_ENABLE (huge pages for torch's large CPU allocations).",
         "",
         "| workload | N | G | impl | THP | time (ms) | frames/s | x eager | peak extra (MB) | % GEMM rate | labels agree |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -282,6 +315,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, one repeat (~1 min)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/quantizer"))
     parser.add_argument("--timeout", type=int, default=900, help="seconds per case")
+    parser.add_argument(
+        "--processes", type=int, default=None, help="processes per case (default 2, quick 1)"
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -305,7 +341,7 @@ def main() -> None:
     for i, (case, thp) in enumerate(((c, t) for c in cases for t in thp_settings), 1):
         label = f"[{i}/{total}] {case['workload']} N={case['N']} G={case['G']} {case['impl']} THP={int(thp)}"
         print(label, end=" ... ", flush=True)
-        out = run_case(case, thp, args.timeout)
+        out = run_case(case, thp, args.timeout, args.processes or (1 if args.quick else 2))
         row = {**case, "thp": int(thp), **out}
         if "error" not in out:
             row["frames_per_s"] = case["N"] / out["time_s"]
@@ -326,7 +362,13 @@ def main() -> None:
         )  # fmt: skip
         if eager and "error" not in row:
             row["speedup_vs_eager"] = eager["time_s"] / row["time_s"]
-    report = {"machine": machine, "quick": args.quick, "results": results}
+    report = {
+        "machine": machine,
+        "quick": args.quick,
+        "repeats": cases[0]["repeats"],
+        "processes": args.processes or (1 if args.quick else 2),
+        "results": results,
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "quantizer.json").write_text(json.dumps(report, indent=2))
     (args.out / "quantizer.md").write_text(markdown(report))
