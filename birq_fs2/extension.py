@@ -23,7 +23,11 @@ from birq_fs2.data.dataset import (
 
 def setup_birq_fs2(container: DependencyContainer) -> None:
     register_dataset_family(
-        container, BIRQ_SPEECH_FAMILY, SpeechDataset, SpeechDatasetConfig, opener=open_speech_dataset
+        container,
+        BIRQ_SPEECH_FAMILY,
+        SpeechDataset,
+        SpeechDatasetConfig,
+        opener=open_speech_dataset,
     )
     register_dataset_family(
         container, BIRQ_ASR_FAMILY, AsrDataset, AsrDatasetConfig, opener=open_asr_dataset

@@ -1,0 +1,152 @@
+"""``birq-data``: corpus tools (manifest, check, synth)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import sys
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+from birq_fs2.data.corpus import (
+    CorpusError,
+    header_num_samples,
+    is_librispeech_subset,
+    load_split,
+    scan_librispeech,
+    write_manifest,
+)
+from birq_fs2.data.vocab import CharVocabulary
+
+
+def _manifest(args: argparse.Namespace) -> int:
+    src: Path = args.librispeech_dir.resolve()
+    if not is_librispeech_subset(src):
+        raise CorpusError(f"{src}: not a LibriSpeech subset folder (<speaker>/<chapter>/*.flac).")
+    problems: list[str] = []
+    utts = scan_librispeech(src, problems=problems)
+    utts = [replace(u, num_samples=header_num_samples(u.path)) for u in utts]
+    split = args.split or src.name
+    if args.valid_percent > 0:
+        rng = random.Random(args.seed)
+        order = list(range(len(utts)))
+        rng.shuffle(order)
+        n_valid = round(len(utts) * args.valid_percent / 100)
+        valid = set(order[:n_valid])
+        write_manifest([u for i, u in enumerate(utts) if i not in valid], args.dest, split, src)
+        write_manifest([u for i, u in enumerate(utts) if i in valid], args.dest, "valid", src)
+        print(f"{args.dest}: {split}.tsv ({len(utts) - n_valid}) and valid.tsv ({n_valid})")
+    else:
+        write_manifest(utts, args.dest, split, src)
+        print(f"{args.dest}: {split}.tsv ({len(utts)} files)")
+    texts = [u.text for u in utts if u.text is not None]
+    if texts and not (args.dest / "dict.ltr.txt").exists():
+        CharVocabulary.build(texts).save(args.dest / "dict.ltr.txt")
+    missing = sum(u.text is None for u in utts)
+    if missing:
+        print(
+            f"warning: {missing} files have no transcript (no .wrd/.ltr written)", file=sys.stderr
+        )
+    for p in problems:
+        print(f"warning: {p}", file=sys.stderr)
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from rich.progress import Progress
+
+    from birq_fs2.data.check import check_utterances
+
+    path: Path = args.path
+    if args.splits:
+        splits = args.splits
+    elif list(path.glob("*.tsv")):
+        splits = sorted(p.stem for p in path.glob("*.tsv"))
+    elif is_librispeech_subset(path):
+        splits = [path.name]
+        path = path.parent
+    else:
+        splits = sorted(p.name for p in path.iterdir() if p.is_dir() and is_librispeech_subset(p))
+    if not splits:
+        raise CorpusError(f"{args.path}: no manifests (*.tsv) or LibriSpeech subsets found.")
+    problems = []
+    total = 0
+    for split in splits:
+        utts = load_split(path, split)
+        total += len(utts)
+        with Progress(disable=args.quiet) as bar:
+            job = bar.add_task(f"checking {split}", total=len(utts))
+            problems += check_utterances(
+                utts, min_frames=args.min_frames, need_transcripts=not args.audio_only,
+                on_progress=lambda job=job: bar.advance(job),
+            )  # fmt: skip
+    for p in problems:
+        print(p)
+    counts = Counter(p.kind for p in problems)
+    summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "no problems"
+    print(f"{total} files in {', '.join(splits)}: {summary}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from birq_fs2.data.synth import summary_dict, synthesize_corpus
+
+    summary = synthesize_corpus(
+        args.out, hours=args.hours, num_speakers=args.speakers, seed=args.seed, text=args.text,
+        jobs=args.jobs, use_flite=False if args.no_flite else None, progress=not args.quiet,
+    )  # fmt: skip
+    print(json.dumps(summary_dict(summary), indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="birq-data", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("manifest", help="write fairseq manifests for a LibriSpeech subset")
+    p.add_argument("librispeech_dir", type=Path, help="e.g. LibriSpeech/train-clean-100")
+    p.add_argument("--dest", type=Path, required=True)
+    p.add_argument("--split", help="manifest name (default: the subset folder's name)")
+    p.add_argument("--valid-percent", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=1)
+    p.set_defaults(fn=_manifest)
+
+    p = sub.add_parser("check", help="report every unusable file and missing transcript")
+    p.add_argument("path", type=Path, help="manifest directory, LibriSpeech root or subset")
+    p.add_argument("--splits", nargs="*")
+    p.add_argument("--min-frames", type=int, default=100)
+    p.add_argument("--audio-only", action="store_true", help="do not require transcripts")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(fn=_check)
+
+    p = sub.add_parser("synth", help="synthesise a labelled corpus (LibriSpeech layout)")
+    p.add_argument("out", type=Path)
+    p.add_argument("--hours", type=float, default=1.0, help="hours of training audio")
+    p.add_argument("--speakers", type=int, default=40)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--text", choices=("grammar", "pydoc", "wordnet"), default="grammar")
+    p.add_argument("--jobs", type=int, default=None)
+    p.add_argument("--no-flite", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(fn=_synth)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return args.fn(args)
+    except Exception as ex:  # noqa: BLE001 - one line for users; --debug for the traceback
+        if args.debug:
+            raise
+        print(f"birq-data {args.command}: error: {ex}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""Audio -> 16 kHz mono waveform -> log-mel filterbank, with errors that name the file.
+
+Decoding is fairseq2's `AudioDecoder` (libsndfile: WAV, FLAC, OGG, ...) on a memory block
+from fairseq2's `FileMapper`; resampling is `torchaudio.functional.resample` (torchaudio's
+file I/O is not used); the filterbank is fairseq2's Kaldi-compatible
+`WaveformToFbankConverter`. The same functions serve the training pipeline and
+`birq-data check`, so a file that `check` passes is a file the pipeline reads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torchaudio.functional as AF
+from fairseq2.data._memory import MemoryBlock
+from fairseq2.data.audio import AudioDecoder, WaveformToFbankConverter
+from fairseq2.data.data_pipeline import FileMapper
+
+SAMPLE_RATE = 16_000
+FRAME_SHIFT = 160  # 10 ms
+FRAME_LENGTH = 400  # 25 ms
+
+
+class AudioError(ValueError):
+    """An audio file that cannot be used; ``str()`` is '<path>: <problem>'."""
+
+    def __init__(self, path: Path | str, problem: str, kind: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path, self.problem, self.kind = str(path), problem, kind
+
+
+@dataclass
+class Decoded:
+    waveform: torch.Tensor  # (S,) float32 in [-1, 1], mono, SAMPLE_RATE
+    source_rate: int
+    source_channels: int
+    source_samples: int
+
+
+def num_fbank_frames(num_samples: int) -> int:
+    return 0 if num_samples < FRAME_LENGTH else 1 + (num_samples - FRAME_LENGTH) // FRAME_SHIFT
+
+
+class AudioLoader:
+    """Reads, decodes, down-mixes and resamples; one instance per pipeline worker."""
+
+    def __init__(self, cached_fd_count: int = 100) -> None:
+        self._mapper = FileMapper(cached_fd_count=cached_fd_count)
+        self._decoder = AudioDecoder(keepdim=True, dtype=torch.float32)
+
+    def __call__(self, path: Path | str) -> Decoded:
+        try:
+            block: MemoryBlock = self._mapper(str(path))["data"]
+        except Exception as ex:  # noqa: BLE001 - fairseq2n raises ByteStreamError and others
+            raise AudioError(path, f"cannot be read ({ex})", "unreadable") from None
+        if len(block) == 0:
+            raise AudioError(path, "empty file (0 bytes)", "empty")
+        try:
+            out = self._decoder(block)
+        except ValueError as ex:
+            cause = f": {ex.__cause__}" if ex.__cause__ else ""
+            raise AudioError(path, f"cannot be decoded as audio{cause}", "corrupt") from None
+        waveform, rate = out["waveform"], int(out["sample_rate"])
+        num_samples, channels = waveform.shape
+        if num_samples == 0:
+            raise AudioError(path, "decodes to 0 samples", "empty")
+        mono = waveform.mean(dim=1) if channels > 1 else waveform[:, 0]
+        if rate != SAMPLE_RATE:
+            mono = AF.resample(mono, rate, SAMPLE_RATE)
+        return Decoded(mono.contiguous(), rate, channels, num_samples)
+
+
+def utterance_seed(seed: int, utt_id: str, purpose: str) -> int:
+    """A 63-bit seed from (seed, utterance, purpose): batch- and order-independent, so a
+    resumed or re-sharded run draws the same dither and crops for the same utterance."""
+    digest = hashlib.blake2b(f"{seed}/{utt_id}/{purpose}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+class FbankExtractor:
+    """16 kHz waveform -> (T, num_mel_bins) log-mel features, 25 ms / 10 ms (Kaldi).
+
+    ``dither``: std of Gaussian noise added to the waveform (in [-1, 1] units) before the
+    filterbank. Synthetic speech has long runs of exact digital zeros whose log energy
+    would sit at the floor; the noise is drawn from a per-utterance seed.
+    ``normalize``: "utterance" (per-utterance mean/variance per mel bin, independent of
+    batch composition) or "none".
+    """
+
+    def __init__(
+        self, num_mel_bins: int = 80, dither: float = 1e-4, normalize: str = "utterance"
+    ) -> None:
+        if normalize not in ("utterance", "none"):
+            raise ValueError(f"`normalize` must be 'utterance' or 'none', got {normalize!r}.")
+        self.dither, self.normalize = dither, normalize
+        self._converter = WaveformToFbankConverter(
+            num_mel_bins=num_mel_bins,
+            waveform_scale=2.0**15,
+            channel_last=True,
+            dtype=torch.float32,
+        )
+
+    def __call__(self, waveform: torch.Tensor, noise_seed: int) -> torch.Tensor:
+        if self.dither > 0:
+            gen = torch.Generator().manual_seed(noise_seed)
+            waveform = waveform + self.dither * torch.randn(waveform.shape, generator=gen)
+        fbank = self._converter({"waveform": waveform[:, None], "sample_rate": float(SAMPLE_RATE)})[
+            "fbank"
+        ]
+        if self.normalize == "utterance":
+            mean = fbank.mean(dim=0, keepdim=True)
+            std = fbank.std(dim=0, keepdim=True, unbiased=False).clamp_min(1e-5)
+            fbank = (fbank - mean) / std
+        return fbank
