@@ -44,10 +44,16 @@ test-fast: setup
 lint: setup
 	$(PY) -m ruff check birq_fs2 kernels tests benchmarks
 
-# The main job. Until the pretraining recipe lands, the quickest real thing that exists:
-# the quantizer kernels at BEST-RQ sizes against their references, with a report.
+# The main job. Until the pretraining recipe lands, the real steps that exist: synthesise
+# the demo corpus (reused when already there), check it, measure the data pipeline on it,
+# and the quantizer kernels against their references, each with a markdown report.
+CORPUS := $(OUT)/corpus$(if $(QUICK),-quick,)
 demo: setup
+	@test -f $(CORPUS)/SPEAKERS.TXT || $(PY) -m birq_fs2.cli.data synth $(CORPUS) --hours $(if $(QUICK),0.05,1) --seed 0
+	$(PY) -m birq_fs2.cli.data check $(CORPUS)
+	$(PY) benchmarks/data_pipeline.py --corpus $(CORPUS) --out $(OUT)/data_pipeline
 	$(PY) benchmarks/quantizer.py $(if $(QUICK),--quick,) --out $(OUT)/quantizer
+	@echo "Reports: $(OUT)/data_pipeline/data_pipeline.md $(OUT)/quantizer/quantizer.md"
 
 bench: setup
 	$(PY) benchmarks/quantizer.py --out benchmarks/results/quantizer
