@@ -373,3 +373,23 @@ print(json.dumps({"splits": ds.splits(), "shape": list(batch.source_seqs.shape),
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["splits"] == ["dev", "test", "train"] and out["shape"][2] == 80 and out["vocab"] > 10
+
+
+def test_truncated_audio_and_non_utf8_transcripts(tmp_path, capsys):
+    chapter = tmp_path / "dev" / "7" / "8"
+    chapter.mkdir(parents=True)
+    good = (CHAPTER / "100-1000-0000.flac").read_bytes()
+    (chapter / "7-8-0000.flac").write_bytes(good)
+    (chapter / "7-8-0001.flac").write_bytes(good[: len(good) // 2])  # cut mid-stream
+    (chapter / "7-8.trans.txt").write_bytes(b"7-8-0000 CAF\xe9 OLD DOG\n7-8-0001 THE OLD DOG\n")
+    assert birq_data(["check", str(tmp_path), "--quiet"]) == 1
+    out = capsys.readouterr().out
+    assert f"{chapter / '7-8-0001.flac'}: cannot be decoded as audio: corrupt or truncated" in out
+    assert f"{chapter / '7-8.trans.txt'}: not UTF-8" in out
+    # The pipeline skips the truncated file (counted) and keeps going.
+    stats = DataStats()
+    batches = read_all(
+        build_speech_pipeline(load_split(tmp_path, "dev"), small_config(), seed=0, stats=stats)
+    )
+    assert [i for b in batches for i in b.example["ids"]] == ["7-8-0000"]
+    assert stats.counts == {"corrupt": 1}

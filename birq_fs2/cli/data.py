@@ -58,7 +58,7 @@ def _manifest(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
-    from birq_fs2.data.check import check_utterances
+    from birq_fs2.data.check import Problem, check_utterances
 
     path: Path = args.path
     if args.splits:
@@ -72,10 +72,17 @@ def _check(args: argparse.Namespace) -> int:
         splits = sorted(p.name for p in path.iterdir() if p.is_dir() and is_librispeech_subset(p))
     if not splits:
         raise CorpusError(f"{args.path}: no manifests (*.tsv) or LibriSpeech subsets found.")
-    problems = []
+    problems: list = []
     total = 0
     for split in splits:
-        utts = load_split(path, split)
+        if (path / split).is_dir() and not (path / f"{split}.tsv").exists():
+            notes: list[str] = []
+            utts = scan_librispeech(path / split, problems=notes)
+            problems += [
+                Problem(n.split(": ")[0], "bad_transcript", n.split(": ", 1)[1]) for n in notes
+            ]
+        else:
+            utts = load_split(path, split)
         total += len(utts)
         with Progress(disable=args.quiet) as bar:
             job = bar.add_task(f"checking {split}", total=len(utts))

@@ -60,9 +60,12 @@ class AudioLoader:
             raise AudioError(path, "empty file (0 bytes)", "empty")
         try:
             out = self._decoder(block)
-        except ValueError as ex:
-            cause = f": {ex.__cause__}" if ex.__cause__ else ""
-            raise AudioError(path, f"cannot be decoded as audio{cause}", "corrupt") from None
+        except Exception as ex:  # noqa: BLE001 - ValueError for bad headers, RuntimeError mid-stream
+            cause = ex.__cause__ or (ex if not isinstance(ex, ValueError) else None)
+            detail = f" ({cause})" if cause else ""
+            raise AudioError(
+                path, f"cannot be decoded as audio: corrupt or truncated{detail}", "corrupt"
+            ) from None
         waveform, rate = out["waveform"], int(out["sample_rate"])
         num_samples, channels = waveform.shape
         if num_samples == 0:

@@ -43,7 +43,7 @@ def _read_transcripts(path: Path, problems: list[str] | None) -> dict[str, str]:
     try:
         raw = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as ex:
-        msg = f"{path}: transcript file is not UTF-8 ({ex.reason} at byte {ex.start}); decoded with replacement"
+        msg = f"{path}: not UTF-8 ({ex.reason} at byte {ex.start}); decoded with replacement characters"
         log.warning(msg)
         if problems is not None:
             problems.append(msg)
