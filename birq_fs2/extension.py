@@ -6,7 +6,12 @@ its own families are registered.
 
 from __future__ import annotations
 
-from fairseq2.composition import register_dataset_family, register_package_assets
+from fairseq2.composition import (
+    register_dataset_family,
+    register_model_family,
+    register_package_assets,
+)
+from fairseq2.models.wav2vec2 import apply_ac_to_wav2vec2, apply_fsdp_to_wav2vec2
 from fairseq2.runtime.dependency import DependencyContainer
 
 from birq_fs2.data.dataset import (
@@ -19,9 +24,18 @@ from birq_fs2.data.dataset import (
     open_asr_dataset,
     open_speech_dataset,
 )
+from birq_fs2.models.config import BIRQ_FAMILY, BirqConfig, register_birq_archs
+from birq_fs2.models.factory import create_birq_model
+from birq_fs2.models.model import BirqModel
 
 
 def setup_birq_fs2(container: DependencyContainer) -> None:
+    register_model_family(
+        container, BIRQ_FAMILY, kls=BirqModel, config_kls=BirqConfig, factory=create_birq_model,
+        # Both only touch `model.encoder`, which is a wav2vec2 conformer encoder.
+        fsdp_applier=apply_fsdp_to_wav2vec2, layerwise_ac_applier=apply_ac_to_wav2vec2,
+    )  # fmt: skip
+    register_birq_archs(container)
     register_dataset_family(
         container,
         BIRQ_SPEECH_FAMILY,

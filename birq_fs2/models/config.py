@@ -1,0 +1,161 @@
+"""Configuration and named architectures of the ``birq`` model family.
+
+One family for BiRQ and BEST-RQ: with ``enhanced.enabled = False`` the model computes
+exactly BEST-RQ. Defaults follow the project's design note (BIRQ.md); every choice the
+paper's abstract leaves open is a knob here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Final
+
+from fairseq2.models.transformer import TransformerNormOrder
+from fairseq2.models.wav2vec2 import Wav2Vec2EncoderConfig
+from fairseq2.runtime.config_registry import ConfigRegistrar
+from fairseq2.runtime.dependency import DependencyContainer
+from fairseq2.utils.validation import ValidationResult
+
+BIRQ_FAMILY: Final = "birq"
+
+
+@dataclass(kw_only=True)
+class MaskingConfig:
+    """BEST-RQ masking on the stacked input (one stacked frame = one encoder frame)."""
+
+    span_len: int = 10
+    """Frames per span (10 x 40 ms = 400 ms)."""
+    start_prob: float = 0.065
+    """Probability that a frame starts a span: 1 - (1 - p)^span_len of the frames are
+    masked in expectation (49 % with the defaults; BEST-RQ aims at 40-60 %)."""
+    noise_std: float = 0.1
+    """Masked stacked frames are replaced with N(0, noise_std^2)."""
+
+
+@dataclass(kw_only=True)
+class QuantizerConfig:
+    num_codebooks: int = 1
+    codebook_size: int = 8192
+    code_dim: int = 16
+    seed: int = 0
+    """Seed of the frozen projection and codebook (persistent buffers)."""
+
+
+@dataclass(kw_only=True)
+class EnhancedConfig(QuantizerConfig):
+    enabled: bool = True
+    label_layer: int | None = None
+    """Conformer blocks 1..label_layer generate the enhanced labels (None: half the encoder)."""
+    label_input: str = "unmasked"
+    """"unmasked": a second partial forward on the clean input (default); "masked":
+    reuse the masked forward (cheaper, worse)."""
+    label_grad: str = "st"
+    """"st": straight-through Gumbel gradient into blocks 1..label_layer; "stop": detach."""
+    logit_scale: float = 0.1
+    gumbel_noise: bool = True
+
+
+@dataclass(kw_only=True)
+class BirqConfig:
+    encoder_config: Wav2Vec2EncoderConfig = field(
+        default_factory=lambda: _encoder(768, 12, 12, 3072)
+    )
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
+    anchor: QuantizerConfig = field(default_factory=lambda: QuantizerConfig(seed=0))
+    enhanced: EnhancedConfig = field(default_factory=lambda: EnhancedConfig(seed=1))
+
+    @property
+    def label_layer(self) -> int:
+        n = self.encoder_config.num_encoder_layers
+        return (
+            self.enhanced.label_layer if self.enhanced.label_layer is not None else max(1, n // 2)
+        )
+
+    def validate(self) -> ValidationResult:
+        result = ValidationResult()
+        enc = self.encoder_config
+        n = enc.num_encoder_layers
+        if not enc.use_fbank or enc.feature_dim != enc.num_fbank_channels * enc.fbank_stride:
+            result.add_error(
+                f"`encoder_config.feature_dim` ({enc.feature_dim}) must equal num_fbank_channels x "
+                f"fbank_stride ({enc.num_fbank_channels} x {enc.fbank_stride}) with use_fbank: true."
+            )
+        if self.enhanced.label_layer is not None and not 1 <= self.enhanced.label_layer <= n:
+            result.add_error(
+                f"`enhanced.label_layer` must be in [1, {n}] (the encoder's layers), got {self.enhanced.label_layer}."
+            )
+        if self.enhanced.label_input not in ("unmasked", "masked"):
+            result.add_error(
+                f"`enhanced.label_input` must be 'unmasked' or 'masked', got {self.enhanced.label_input!r}."
+            )
+        if self.enhanced.label_grad not in ("st", "stop"):
+            result.add_error(
+                f"`enhanced.label_grad` must be 'st' or 'stop', got {self.enhanced.label_grad!r}."
+            )
+        for name, q in (("anchor", self.anchor), ("enhanced", self.enhanced)):
+            if q.num_codebooks < 1 or q.codebook_size < 2 or q.code_dim < 1:
+                result.add_error(
+                    f"`{name}` quantizer needs num_codebooks >= 1, codebook_size >= 2, code_dim >= 1."
+                )
+        if not 0.0 < self.masking.start_prob < 1.0:
+            result.add_error(
+                f"`masking.start_prob` must be in (0, 1), got {self.masking.start_prob}."
+            )
+        if self.masking.span_len < 1:
+            result.add_error(f"`masking.span_len` must be >= 1, got {self.masking.span_len}.")
+        if enc.layer_drop_p != 0.0:
+            result.add_error(
+                "`encoder_config.layer_drop_p` must be 0 (the conformer stack ignores LayerDrop)."
+            )
+        return result
+
+
+def _encoder(
+    model_dim: int, layers: int, heads: int, ffn: int, kernel: int = 31
+) -> Wav2Vec2EncoderConfig:
+    """Fbank front end stacking 4 frames (40 ms), relative-position conformer blocks."""
+    return Wav2Vec2EncoderConfig(
+        model_dim=model_dim, max_seq_len=4096, feature_dim=80 * 4, use_fbank=True,
+        first_pass_dropout_p=0.0, layer_norm_features=False, feature_extractor_layer_descs=[],
+        feature_grad_scale=0.0, num_fbank_channels=80, fbank_stride=4, sample_fbank_every_k=1,
+        pos_encoder_type="relative", pos_encoder_depth=0, pos_conv_kernel_size=0, num_pos_conv_groups=0,
+        use_conformer=True, num_encoder_layers=layers, num_encoder_attn_heads=heads, ffn_inner_dim=ffn,
+        dropout_p=0.1, attn_dropout_p=0.1, ffn_inner_dropout_p=0.0, layer_drop_p=0.0,
+        norm_order=TransformerNormOrder.POST, depthwise_conv_kernel_size=kernel,
+    )  # fmt: skip
+
+
+def tiny() -> BirqConfig:
+    return BirqConfig(
+        encoder_config=_encoder(144, 4, 4, 576, kernel=15),
+        anchor=QuantizerConfig(codebook_size=512, seed=0),
+        enhanced=EnhancedConfig(codebook_size=512, seed=1),
+        masking=MaskingConfig(span_len=5, start_prob=0.12),  # 47 % masked
+    )
+
+
+def base() -> BirqConfig:
+    return BirqConfig(encoder_config=_encoder(576, 12, 8, 2304))
+
+
+def large() -> BirqConfig:
+    return BirqConfig(encoder_config=_encoder(1024, 24, 16, 4096))
+
+
+def _bestrq(make):
+    def build() -> BirqConfig:
+        config = make()
+        config.enhanced.enabled = False
+        return config
+
+    return build
+
+
+ARCHS = {"tiny": tiny, "base": base, "large": large,
+         "bestrq_tiny": _bestrq(tiny), "bestrq_base": _bestrq(base), "bestrq_large": _bestrq(large)}  # fmt: skip
+
+
+def register_birq_archs(container: DependencyContainer) -> None:
+    arch = ConfigRegistrar(container, BirqConfig)
+    for name, make in ARCHS.items():
+        arch(name)(make)

@@ -1,0 +1,204 @@
+"""The birq model family: archs, BEST-RQ equivalence, gradient routing, buffers, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from birq_kernels import rpq_labels
+from fairseq2.nn import BatchLayout
+from fairseq2.nn.utils.module import reset_non_persistent_buffers, to_empty
+
+from birq_fs2.models.config import ARCHS, BirqConfig
+from birq_fs2.models.factory import create_birq_model
+from birq_fs2.models.model import BestRqMasker, BirqStep
+
+
+def batch(seed=0, lens=(400, 320, 260)):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(len(lens), max(lens), 80, generator=gen)
+    for i, n in enumerate(lens):
+        x[i, n:] = 0.0
+    return x, BatchLayout(x.shape[:2], seq_lens=list(lens))
+
+
+def build(arch="tiny", seed=0, **enhanced):
+    config = ARCHS[arch]()
+    for key, value in enhanced.items():
+        setattr(config.enhanced, key, value)
+    torch.manual_seed(seed)
+    return create_birq_model(config)
+
+
+def test_tiny_forward_backward_and_param_counts():
+    model = build()
+    n_params = sum(p.numel() for p in model.parameters())
+    assert n_params <= 5_000_000
+    x, layout = batch()
+    out = model(x, layout, BirqStep(tau=1.0, seed=1))
+    assert out.num_targets > 0 and out.enhanced_loss is not None
+    assert 0.3 < out.num_targets / out.num_frames < 0.7  # tiny's masking: ~47 %
+    out.loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+    for arch, lo, hi in (("base", 90e6, 115e6), ("large", 550e6, 650e6)):
+        with torch.device("meta"):
+            big = create_birq_model(ARCHS[arch]())
+        assert lo < sum(p.numel() for p in big.parameters()) < hi, arch
+
+
+def test_enhanced_off_is_exactly_bestrq():
+    birq, bestrq = build("tiny"), build("bestrq_tiny")
+    assert bestrq.enhanced_head is None and birq.enhanced_head is not None
+    shared = bestrq.state_dict()
+    assert all(torch.equal(v, birq.state_dict()[k]) for k, v in shared.items())  # same init
+    x, layout = batch(1)
+    for model in (birq, bestrq):
+        model.train()
+    torch.manual_seed(5)
+    ref = bestrq(x, layout)
+    torch.manual_seed(5)
+    warmup = birq(x, layout, BirqStep(enhanced_active=False))
+    assert torch.equal(warmup.loss, ref.loss) and warmup.enhanced_loss is None
+    torch.manual_seed(5)
+    full = birq(x, layout, BirqStep(gamma=0.5, tau=1.0, seed=3))
+    assert torch.equal(full.anchor_loss, ref.loss)
+    torch.testing.assert_close(full.loss, full.enhanced_loss + 0.5 * ref.loss)
+
+
+def _enhanced_grads(label_grad):
+    model = build(label_grad=label_grad, label_layer=2)
+    model.eval()  # no dropout: both runs see identical activations
+    x, layout = batch(2)
+    torch.manual_seed(7)
+    out = model(x, layout, BirqStep(tau=0.7, seed=11))
+    out.enhanced_loss.backward()
+    return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+def test_label_grad_st_reaches_label_layers_only_through_the_labels():
+    st, stop = _enhanced_grads("st"), _enhanced_grads("stop")
+    # Blocks above label_layer only see the prediction path: identical gradients.
+    for name in st:
+        if name.startswith(("encoder.layers.2.", "encoder.layers.3.", "enhanced_head")):
+            torch.testing.assert_close(st[name], stop[name], atol=1e-6, rtol=1e-5)
+    # Blocks 1..label_layer also receive the straight-through label gradient with "st".
+    for layer in (0, 1):
+        names = [n for n in st if n.startswith(f"encoder.layers.{layer}.")]
+        diff = max((st[n] - stop[n]).abs().max().item() for n in names)
+        assert diff > 1e-6, layer
+
+
+def test_label_input_masked_reuses_the_masked_forward():
+    model = build(label_input="masked")
+    x, layout = batch(3)
+    out = model(x, layout, BirqStep(tau=1.0, seed=2))
+    out.loss.backward()
+    assert out.enhanced_labels.shape == (out.num_targets, 1)
+
+
+def test_quantizer_buffers_are_seeded_persistent_and_meta_safe():
+    a, b = build(seed=1), build(seed=2)  # different weights, same quantizer seeds
+    for name in ("anchor_quantizer.projection", "anchor_quantizer.codebook",
+                 "enhanced_quantizer.projection", "enhanced_quantizer.codebook"):  # fmt: skip
+        assert name in a.state_dict()
+        assert torch.equal(a.state_dict()[name], b.state_dict()[name])
+    assert not torch.equal(a.anchor_quantizer.codebook, a.enhanced_quantizer.codebook[:, :, :16])
+    codebook = a.anchor_quantizer.codebook
+    torch.testing.assert_close(codebook.norm(dim=-1), torch.ones(codebook.shape[:2]))
+    # Built on the meta device, then loaded as fairseq2's loader does: same outputs.
+    with torch.device("meta"):
+        c = create_birq_model(ARCHS["tiny"]())
+    to_empty(c, torch.device("cpu"))
+    c.load_state_dict(a.state_dict())
+    reset_non_persistent_buffers(c)
+    a.eval(), c.eval()
+    x, layout = batch(4)
+    torch.testing.assert_close(a.encode(x, layout)[0], c.encode(x, layout)[0], rtol=0, atol=0)
+
+
+def test_anchor_labels_are_batch_independent():
+    model = build()
+    model.eval()
+    x, layout = batch(5)
+    full, layout_full, _ = model.encode(x, layout)
+    stacked, _ = model.stack(x, layout)
+    q = model.anchor_quantizer
+    norm = torch.nn.functional.layer_norm(stacked, (stacked.shape[-1],))
+    together = rpq_labels(norm[0, :100], q.projection, q.codebook)
+    alone_x, alone_layout = x[:1, :400], BatchLayout((1, 400), seq_lens=[400])
+    alone_stacked, _ = model.stack(alone_x, alone_layout)
+    alone = rpq_labels(
+        torch.nn.functional.layer_norm(alone_stacked, (320,))[0, :100], q.projection, q.codebook
+    )
+    assert torch.equal(together, alone)
+
+
+def test_encode_returns_requested_layers():
+    model = build()
+    x, layout = batch(6)
+    out, out_layout, layers = model.encode(x, layout, layers=(1, 3))
+    assert out.shape == (3, 100, 144) and sorted(layers) == [1, 3]
+    assert layers[1].shape == out.shape and list(out_layout.seq_lens) == [100, 80, 65]
+
+
+def test_masker_rate_padding_and_short_utterances():
+    config = ARCHS["base"]().masking
+    masker = BestRqMasker(config)
+    seqs = torch.zeros(8, 1000, 4)
+    torch.manual_seed(0)
+    masked, mask = masker(seqs, BatchLayout((8, 1000), seq_lens=[1000] * 7 + [600]))
+    expected = 1 - (1 - config.start_prob) ** config.span_len
+    assert abs(mask[:7].float().mean().item() - expected) < 0.05
+    assert not mask[7, 600:].any()
+    assert masked[mask].std().item() == pytest.approx(config.noise_std, rel=0.1)
+    assert torch.equal(masked[~mask], seqs[~mask])
+    with pytest.raises(ValueError, match=r"masking.span_len = 10"):
+        masker(torch.zeros(2, 50, 4), BatchLayout((2, 50), seq_lens=[50, 8]))
+
+
+@pytest.mark.parametrize(
+    "mutate, key",
+    [
+        (lambda c: setattr(c.enhanced, "label_layer", 9), "enhanced.label_layer"),
+        (lambda c: setattr(c.enhanced, "label_layer", 0), "enhanced.label_layer"),
+        (lambda c: setattr(c.encoder_config, "feature_dim", 300), "encoder_config.feature_dim"),
+        (lambda c: setattr(c.enhanced, "label_grad", "straight"), "enhanced.label_grad"),
+        (lambda c: setattr(c.masking, "start_prob", 1.5), "masking.start_prob"),
+    ],
+)
+def test_bad_configs_name_the_key(mutate, key):
+    config: BirqConfig = ARCHS["tiny"]()
+    mutate(config)
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        create_birq_model(config)
+
+
+def test_family_and_archs_are_registered_in_fairseq2():
+    code = """
+import json, torch
+from fairseq2 import init_fairseq2
+from fairseq2.models import ModelHubAccessor
+from birq_fs2.models.config import BirqConfig
+from birq_fs2.models.model import BirqModel
+init_fairseq2(no_progress=True)
+hub = ModelHubAccessor("birq", BirqModel, BirqConfig)()
+model = hub.create_new_model(hub.get_arch_config("tiny"), device=torch.device("cpu"))
+try:
+    hub.get_arch_config("nope")
+    unknown = "no error"
+except Exception as ex:
+    unknown = str(ex)
+print(json.dumps({"archs": sorted(hub.get_archs()), "type": type(model).__name__, "unknown": unknown}))
+"""
+    env = {**os.environ, "FAIRSEQ2_EXTENSION_TRACE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["archs"] == sorted(ARCHS) and out["type"] == "BirqModel"
+    assert "nope" in out["unknown"]
