@@ -334,11 +334,11 @@ def test_reader_state_resumes_where_it_stopped(corpus):
 
 def test_bad_pipeline_config_names_the_key():
     with pytest.raises(ValueError, match="`min_frames`"):
-        small_config(min_frames=500, max_frames=400).validate()
+        small_config(min_frames=500, max_frames=400).check()
     with pytest.raises(ValueError, match="`max_frames_per_batch`"):
-        small_config(max_frames_per_batch=10).validate()
+        small_config(max_frames_per_batch=10).check()
     with pytest.raises(ValueError, match="`normalize`"):
-        small_config(normalize="batch").validate()
+        small_config(normalize="batch").check()
 
 
 # ------------------------------------------------------------- fairseq2 registration

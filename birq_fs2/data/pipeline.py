@@ -24,6 +24,7 @@ import torch
 from fairseq2.data.data_pipeline import DataPipeline, create_bucket_sizes, read_sequence
 from fairseq2.datasets import DataPipelineReader, Seq2SeqBatch, SequenceBatch, SyncMode
 from fairseq2.gang import Gangs
+from fairseq2.utils.validation import ValidationResult
 
 from .audio import AudioError, AudioLoader, FbankExtractor, utterance_seed
 from .corpus import Utterance
@@ -50,17 +51,24 @@ class SpeechPipelineConfig:
     num_parallel_calls: int = 2
     num_prefetch: int = 4
 
-    def validate(self) -> None:
+    def validate(self) -> ValidationResult:
+        """fairseq2 calls this on recipe configs (errors name the key)."""
+        result = ValidationResult()
         if not 0 < self.min_frames <= self.max_frames:
-            raise ValueError(
-                f"`min_frames` ({self.min_frames}) must be in [1, max_frames = {self.max_frames}]."
-            )
+            result.add_error(f"`min_frames` ({self.min_frames}) must be in [1, max_frames = {self.max_frames}].")
         if self.max_frames_per_batch < self.max_frames:
-            raise ValueError(
+            result.add_error(
                 f"`max_frames_per_batch` ({self.max_frames_per_batch}) must be >= `max_frames` ({self.max_frames})."
             )
         if self.normalize not in ("utterance", "none"):
-            raise ValueError(f"`normalize` must be 'utterance' or 'none', got {self.normalize!r}.")
+            result.add_error(f"`normalize` must be 'utterance' or 'none', got {self.normalize!r}.")
+        return result
+
+    def check(self) -> None:
+        """Raise ValueError listing every error of `validate`."""
+        errors = self.validate().errors
+        if errors:
+            raise ValueError(" ".join(errors))
 
 
 class DataStats:
@@ -100,7 +108,7 @@ def build_speech_pipeline(
     repeat: bool = False,
 ) -> DataPipeline:
     """Batches of fbank features (and character targets when `vocab` is given)."""
-    config.validate()
+    config.check()
     stats = stats if stats is not None else DataStats()
     records: list[dict[str, Any]] = []
     for u in utterances:

@@ -1,0 +1,98 @@
+"""Configuration of the BiRQ / BEST-RQ pretraining recipe."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from fairseq2.recipe.config import (
+    ADAMW_OPTIMIZER,
+    POLYNOMIAL_DECAY_LR,
+    AdamWConfig,
+    CommonSection,
+    DatasetSection,
+    GangSection,
+    LRSchedulerSection,
+    MixedPrecisionConfig,
+    ModelSection,
+    OptimizerSection,
+    PolynomialDecayLRConfig,
+    RegimeSection,
+    TrainerSection,
+)
+from fairseq2.utils.validation import ValidationResult
+
+from birq_fs2.data.dataset import BIRQ_SPEECH_FAMILY
+from birq_fs2.data.pipeline import SpeechPipelineConfig
+from birq_fs2.models.config import BIRQ_FAMILY
+
+
+@dataclass(kw_only=True)
+class PretrainDatasetSection(DatasetSection):
+    """`name`: a dataset card; or `family: birq_speech` with `config_overrides: {path: DIR}`."""
+
+    name: str | None = None
+    family: str | None = BIRQ_SPEECH_FAMILY
+    train_split: str = "train"
+    valid_split: str | None = "dev"
+    pipeline: SpeechPipelineConfig = field(default_factory=SpeechPipelineConfig)
+
+
+@dataclass(kw_only=True)
+class BirqScheduleSection:
+    """Step-driven schedules of the bilevel objective (they survive resume)."""
+
+    refine_start: float = 0.1
+    """Steps of pure BEST-RQ warm-up before the enhanced loss starts: a fraction of
+    regime.num_steps when < 1, a step count otherwise."""
+    gamma: float = 1.0
+    """Penalty weight of the anchoring loss: L = L_enh + gamma * L_anc."""
+    gamma_final: float | None = None
+    """If set, gamma grows linearly from `gamma` (at refine_start) to this (last step)."""
+    tau_max: float = 2.0
+    tau_min: float = 0.5
+    tau_decay: float = 0.999995
+    """Gumbel temperature: tau_max * tau_decay^(steps since refine_start), floored at tau_min."""
+
+    def validate(self) -> ValidationResult:
+        result = ValidationResult()
+        if self.refine_start < 0:
+            result.add_error(f"`schedule.refine_start` must be >= 0, got {self.refine_start}.")
+        if not 0 < self.tau_min <= self.tau_max:
+            result.add_error(f"`schedule.tau_min` ({self.tau_min}) must be in (0, tau_max = {self.tau_max}].")
+        if not 0 < self.tau_decay <= 1:
+            result.add_error(f"`schedule.tau_decay` must be in (0, 1], got {self.tau_decay}.")
+        if self.gamma < 0:
+            result.add_error(f"`schedule.gamma` must be >= 0, got {self.gamma}.")
+        return result
+
+
+@dataclass(kw_only=True)
+class BirqPretrainConfig:
+    model: ModelSection = field(default_factory=lambda: ModelSection(family=BIRQ_FAMILY, arch="base"))
+    dataset: PretrainDatasetSection = field(default_factory=PretrainDatasetSection)
+    gang: GangSection = field(default_factory=GangSection)
+    trainer: TrainerSection = field(
+        default_factory=lambda: TrainerSection(
+            mixed_precision=MixedPrecisionConfig(dtype=torch.bfloat16), max_grad_norm=10.0
+        )
+    )
+    schedule: BirqScheduleSection = field(default_factory=BirqScheduleSection)
+    optimizer: OptimizerSection = field(
+        default_factory=lambda: OptimizerSection(
+            name=ADAMW_OPTIMIZER,
+            config=AdamWConfig(lr=4e-4, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01),
+        )
+    )
+    lr_scheduler: LRSchedulerSection = field(
+        default_factory=lambda: LRSchedulerSection(
+            name=POLYNOMIAL_DECAY_LR, config=PolynomialDecayLRConfig(num_warmup_steps=25_000)
+        )
+    )
+    regime: RegimeSection = field(
+        default_factory=lambda: RegimeSection(
+            num_steps=400_000, validate_every_n_steps=5_000, checkpoint_every_n_steps=5_000,
+            keep_last_n_checkpoints=2, publish_metrics_every_n_steps=100,
+        )  # fmt: skip
+    )
+    common: CommonSection = field(default_factory=CommonSection)
