@@ -1,5 +1,7 @@
 import os
+from pathlib import Path
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -34,3 +36,13 @@ def signed_one_hot_codebook(K, d):
     j = torch.arange(K)
     codes[j, j % d] = torch.where((j // d) % 2 == 0, 1.0, -1.0)
     return torch.eye(d)[None], codes[None]
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> Path:
+    """A small synthesised corpus (train/dev/test, disjoint speakers), once per session."""
+    from birq_fs2.data.synth import synthesize_corpus
+
+    out = tmp_path_factory.mktemp("synth") / "corpus"
+    synthesize_corpus(out, hours=0.02, num_speakers=6, seed=3, jobs=2, progress=False)
+    return out

@@ -34,14 +34,6 @@ FIXTURES = Path(__file__).parent / "fixtures" / "librispeech"
 CHAPTER = FIXTURES / "dev-tiny" / "100" / "1000"
 
 
-@pytest.fixture(scope="session")
-def corpus(tmp_path_factory) -> Path:
-    """A small synthesised corpus (train/dev/test, disjoint speakers), once per session."""
-    out = tmp_path_factory.mktemp("synth") / "corpus"
-    synthesize_corpus(out, hours=0.02, num_speakers=6, seed=3, jobs=2, progress=False)
-    return out
-
-
 def small_config(**over) -> SpeechPipelineConfig:
     base = dict(min_frames=50, max_frames=400, max_frames_per_batch=1600, shuffle_window=0,
                 batch_shuffle_window=1, num_parallel_calls=1, num_prefetch=0)  # fmt: skip

@@ -55,7 +55,9 @@ class SpeechPipelineConfig:
         """fairseq2 calls this on recipe configs (errors name the key)."""
         result = ValidationResult()
         if not 0 < self.min_frames <= self.max_frames:
-            result.add_error(f"`min_frames` ({self.min_frames}) must be in [1, max_frames = {self.max_frames}].")
+            result.add_error(
+                f"`min_frames` ({self.min_frames}) must be in [1, max_frames = {self.max_frames}]."
+            )
         if self.max_frames_per_batch < self.max_frames:
             result.add_error(
                 f"`max_frames_per_batch` ({self.max_frames_per_batch}) must be >= `max_frames` ({self.max_frames})."

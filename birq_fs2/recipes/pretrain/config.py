@@ -59,7 +59,9 @@ class BirqScheduleSection:
         if self.refine_start < 0:
             result.add_error(f"`schedule.refine_start` must be >= 0, got {self.refine_start}.")
         if not 0 < self.tau_min <= self.tau_max:
-            result.add_error(f"`schedule.tau_min` ({self.tau_min}) must be in (0, tau_max = {self.tau_max}].")
+            result.add_error(
+                f"`schedule.tau_min` ({self.tau_min}) must be in (0, tau_max = {self.tau_max}]."
+            )
         if not 0 < self.tau_decay <= 1:
             result.add_error(f"`schedule.tau_decay` must be in (0, 1], got {self.tau_decay}.")
         if self.gamma < 0:
@@ -69,7 +71,9 @@ class BirqScheduleSection:
 
 @dataclass(kw_only=True)
 class BirqPretrainConfig:
-    model: ModelSection = field(default_factory=lambda: ModelSection(family=BIRQ_FAMILY, arch="base"))
+    model: ModelSection = field(
+        default_factory=lambda: ModelSection(family=BIRQ_FAMILY, arch="base")
+    )
     dataset: PretrainDatasetSection = field(default_factory=PretrainDatasetSection)
     gang: GangSection = field(default_factory=GangSection)
     trainer: TrainerSection = field(
@@ -91,8 +95,11 @@ class BirqPretrainConfig:
     )
     regime: RegimeSection = field(
         default_factory=lambda: RegimeSection(
-            num_steps=400_000, validate_every_n_steps=5_000, checkpoint_every_n_steps=5_000,
-            keep_last_n_checkpoints=2, publish_metrics_every_n_steps=100,
+            num_steps=400_000,
+            validate_every_n_steps=5_000,
+            checkpoint_every_n_steps=5_000,
+            keep_last_n_checkpoints=2,
+            publish_metrics_every_n_steps=100,
         )  # fmt: skip
     )
     common: CommonSection = field(default_factory=CommonSection)

@@ -52,7 +52,9 @@ class BirqPretrainRecipe(Recipe):
     @override
     def register(self, container: DependencyContainer) -> None:
         for name, display, prio, fmt in _DESCRIPTORS:
-            container.collection.register_instance(MetricDescriptor, MetricDescriptor(name, display, prio, fmt))
+            container.collection.register_instance(
+                MetricDescriptor, MetricDescriptor(name, display, prio, fmt)
+            )
 
     @override
     def create_task(self, context: RecipeContext) -> Task:
@@ -72,15 +74,21 @@ class BirqPretrainRecipe(Recipe):
             ds.train_split, context.gangs, ds.pipeline, seed=config.common.seed, stats=stats,
             num_accumulate=config.trainer.grad_accumulation.num_batches,
         )  # fmt: skip
-        schedule = StepSchedule(config.schedule, config.regime.num_steps, config.common.seed, context.gangs.dp.rank)
+        schedule = StepSchedule(
+            config.schedule, config.regime.num_steps, config.common.seed, context.gangs.dp.rank
+        )
         unit = BirqTrainUnit(dp_model, model, schedule, stats)
         valid_units, valid_readers = [], []
         if ds.valid_split is not None:
             valid_units.append(BirqEvalUnit(dp_model, model, schedule))
             valid_readers.append(
                 dataset.create_reader(
-                    ds.valid_split, context.gangs, ds.pipeline, seed=config.common.seed + 1,
-                    shuffle=False, sync_mode=SyncMode.UNTIL_LAST,
+                    ds.valid_split,
+                    context.gangs,
+                    ds.pipeline,
+                    seed=config.common.seed + 1,
+                    shuffle=False,
+                    sync_mode=SyncMode.UNTIL_LAST,
                 )  # fmt: skip
             )
         return context.create_trainer(unit, train_reader, valid_units, valid_readers)
@@ -115,8 +123,12 @@ class StepSchedule:
             frac = min(1.0, max(0.0, since / (self.num_steps - self.refine_start)))
             gamma = s.gamma + frac * (s.gamma_final - s.gamma)
         tau = max(s.tau_min, s.tau_max * s.tau_decay ** max(0, since))
-        digest = hashlib.blake2b(f"{self.seed}/{step_nr}/{self.rank}".encode(), digest_size=8).digest()
-        return BirqStep(enhanced_active=since > 0, gamma=gamma, tau=tau, seed=int.from_bytes(digest, "little"))
+        digest = hashlib.blake2b(
+            f"{self.seed}/{step_nr}/{self.rank}".encode(), digest_size=8
+        ).digest()
+        return BirqStep(
+            enhanced_active=since > 0, gamma=gamma, tau=tau, seed=int.from_bytes(digest, "little")
+        )
 
 
 def _add_metrics(bag: MetricBag) -> None:
@@ -157,7 +169,9 @@ def normalized_mutual_information(a: Tensor, b: Tensor) -> float:
 
 
 @torch.no_grad()
-def _update_metrics(bag: MetricBag, batch: SequenceBatch, out: BirqOutput, step: BirqStep, model: BirqModel) -> None:
+def _update_metrics(
+    bag: MetricBag, batch: SequenceBatch, out: BirqOutput, step: BirqStep, model: BirqModel
+) -> None:
     n = out.num_targets
     if n == 0:
         return
@@ -168,16 +182,28 @@ def _update_metrics(bag: MetricBag, batch: SequenceBatch, out: BirqOutput, step:
     used, ppl = codebook_usage(out.anchor_labels.cpu(), model.anchor_quantizer.codebook_size)
     bag.get("anchor_codes_used", Mean).update(torch.tensor(used))
     bag.get("anchor_perplexity", Mean).update(torch.tensor(ppl))
-    if out.enhanced_loss is not None and out.enhanced_labels is not None and out.enhanced_correct is not None:
+    if (
+        out.enhanced_loss is not None
+        and out.enhanced_labels is not None
+        and out.enhanced_correct is not None
+    ):
         assert model.enhanced_quantizer is not None
-        bag.get("enhanced_loss", Mean).update(out.enhanced_loss.detach() / n * nats_to_bits, weight=n)
+        bag.get("enhanced_loss", Mean).update(
+            out.enhanced_loss.detach() / n * nats_to_bits, weight=n
+        )
         bag.get("enhanced_accuracy", Mean).update(out.enhanced_correct / n, weight=n)
-        used, ppl = codebook_usage(out.enhanced_labels.cpu(), model.enhanced_quantizer.codebook_size)
+        used, ppl = codebook_usage(
+            out.enhanced_labels.cpu(), model.enhanced_quantizer.codebook_size
+        )
         bag.get("enhanced_codes_used", Mean).update(torch.tensor(used))
         bag.get("enhanced_perplexity", Mean).update(torch.tensor(ppl))
-        nmi = normalized_mutual_information(out.anchor_labels[:, 0].cpu(), out.enhanced_labels[:, 0].cpu())
+        nmi = normalized_mutual_information(
+            out.anchor_labels[:, 0].cpu(), out.enhanced_labels[:, 0].cpu()
+        )
         bag.get("label_nmi", Mean).update(torch.tensor(nmi), weight=n)
-    bag.get("mask_rate", Mean).update(torch.tensor(n / max(out.num_frames, 1)), weight=out.num_frames)
+    bag.get("mask_rate", Mean).update(
+        torch.tensor(n / max(out.num_frames, 1)), weight=out.num_frames
+    )
     bag.get("gamma", Mean).update(torch.tensor(step.gamma))
     bag.get("tau", Mean).update(torch.tensor(step.tau))
     bag.get("num_targets", Sum).update(torch.tensor(n))
@@ -186,7 +212,9 @@ def _update_metrics(bag: MetricBag, batch: SequenceBatch, out: BirqOutput, step:
 
 @final
 class BirqTrainUnit(TrainUnit[SequenceBatch]):
-    def __init__(self, dp_model: Module, model: BirqModel, schedule: StepSchedule, stats: DataStats) -> None:
+    def __init__(
+        self, dp_model: Module, model: BirqModel, schedule: StepSchedule, stats: DataStats
+    ) -> None:
         self._dp_model, self._model, self._schedule, self._stats = dp_model, model, schedule, stats
         self._step = schedule(1)
 
