@@ -44,16 +44,23 @@ test-fast: setup
 lint: setup
 	$(PY) -m ruff check birq_fs2 kernels tests benchmarks
 
-# The main job. Until the pretraining recipe lands, the real steps that exist: synthesise
-# the demo corpus (reused when already there), check it, measure the data pipeline on it,
-# and the quantizer kernels against their references, each with a markdown report.
+# The main job. Until CTC fine-tuning lands (issue 5), the real steps that exist: synthesise
+# the demo corpus (reused when already there), check it, measure the data pipeline,
+# pretrain BiRQ tiny on it (re-running resumes or reuses the finished run), export the
+# encoder as a fairseq2 card, plot the curves, and benchmark the quantizer kernels.
 CORPUS := $(OUT)/corpus$(if $(QUICK),-quick,)
+PRETRAIN := $(OUT)/pretrain$(if $(QUICK),-quick,)
+QUICK_STEPS := regime.num_steps=20 regime.validate_every_n_steps=10 regime.checkpoint_every_n_steps=10 lr_scheduler.config.num_warmup_steps=5
 demo: setup
 	@test -f $(CORPUS)/SPEAKERS.TXT || $(PY) -m birq_fs2.cli.data synth $(CORPUS) --hours $(if $(QUICK),0.05,1) --seed 0
 	$(PY) -m birq_fs2.cli.data check $(CORPUS)
 	$(PY) benchmarks/data_pipeline.py --corpus $(CORPUS) --out $(OUT)/data_pipeline
-	$(PY) benchmarks/quantizer.py $(if $(QUICK),--quick,) --out $(OUT)/quantizer
-	@echo "Reports: $(OUT)/data_pipeline/data_pipeline.md $(OUT)/quantizer/quantizer.md"
+	$(PY) -m birq_fs2.recipes.pretrain $(PRETRAIN) --config-file birq_fs2/recipes/pretrain/configs/tiny_cpu.yaml \
+	  --config dataset.config_overrides.path=$(CORPUS) $(if $(QUICK),$(QUICK_STEPS),)
+	$(PY) -m birq_fs2.cli.export $(PRETRAIN) $(OUT)/encoder --name birq_demo_tiny
+	$(PY) -m birq_fs2.report $(PRETRAIN)
+	$(PY) benchmarks/quantizer.py --quick --out $(OUT)/quantizer
+	@echo "Reports: $(PRETRAIN)/report/REPORT.md $(OUT)/data_pipeline/data_pipeline.md $(OUT)/quantizer/quantizer.md"
 
 bench: setup
 	$(PY) benchmarks/quantizer.py --out benchmarks/results/quantizer

@@ -179,3 +179,19 @@ def test_export_errors_name_the_problem(tmp_path):
     from birq_fs2.cli.export import main
 
     assert main([str(tmp_path), str(tmp_path / "out"), "--name", "x"]) == 2
+
+
+def test_report_plots_and_tabulates_a_run(tmp_path):
+    from birq_fs2.report import main as report_main
+
+    (tmp_path / "metrics" / "valid").mkdir(parents=True)
+    rows = [{"Step": s, "Loss": 9.0 - s / 10, "Anchor Loss": 9.0 - s / 10, "Enhanced Loss": 8.0 - s / 20,
+             "Anchor Code Perplexity": 100.0, "Anchor/Enhanced Label NMI": 0.5} for s in (2, 4, 6)]  # fmt: skip
+    (tmp_path / "metrics" / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (tmp_path / "metrics" / "valid" / "valid.jsonl").write_text(json.dumps(rows[-1]) + "\n")
+    assert report_main([str(tmp_path)]) == 0
+    png = tmp_path / "report" / "curves.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    md = (tmp_path / "report" / "REPORT.md").read_text()
+    assert "| train | 2 | 8.800 |" in md and "| train | 6 | 8.400 |" in md and "| valid | 6 |" in md
+    assert report_main([str(tmp_path / "missing")]) == 2

@@ -1,0 +1,87 @@
+"""Plots and a markdown summary of a pretraining run, from fairseq2's JSONL metrics.
+
+    python -m birq_fs2.report RUN_DIR      # writes RUN_DIR/report/{curves.png,REPORT.md}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+PANELS = (
+    ("Loss (bits)", ("Anchor Loss", "Enhanced Loss")),
+    ("Accuracy", ("Anchor Accuracy", "Enhanced Accuracy")),
+    ("Codebook perplexity", ("Anchor Code Perplexity", "Enhanced Code Perplexity")),
+    ("Label agreement (NMI)", ("Anchor/Enhanced Label NMI",)),
+)
+
+
+def read_metrics(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    by_step = {row["Step"]: row for row in rows}  # a resumed run may repeat a step
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def plot_curves(train: list[dict], valid: list[dict], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 3.4))
+    for ax, (title, keys) in zip(axes, PANELS, strict=True):
+        for rows, style, split in ((train, "-", "train"), (valid, "o--", "valid")):
+            for key in keys:
+                points = [(r["Step"], r[key]) for r in rows if r.get(key)]
+                if points:
+                    xs, ys = zip(*points, strict=True)
+                    ax.plot(xs, ys, style, label=f"{key.split()[0].lower()} ({split})", markersize=3)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def write_report(run_dir: Path) -> Path:
+    run_dir = Path(run_dir)
+    train = read_metrics(run_dir / "metrics" / "train.jsonl")
+    valid = read_metrics(run_dir / "metrics" / "valid" / "valid.jsonl")
+    if not train:
+        raise FileNotFoundError(f"{run_dir / 'metrics' / 'train.jsonl'}: no training metrics yet.")
+    out = run_dir / "report"
+    out.mkdir(exist_ok=True)
+    plot_curves(train, valid, out / "curves.png")
+    keys = ["Loss", "Anchor Loss", "Enhanced Loss", "Anchor Accuracy", "Enhanced Accuracy",
+            "Anchor Code Perplexity", "Enhanced Code Perplexity", "Anchor/Enhanced Label NMI",
+            "Mask Rate", "Gumbel Tau"]  # fmt: skip
+    lines = [f"# Pretraining run `{run_dir}`", "", "![curves](curves.png)", "",
+             "| split | step | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]  # fmt: skip
+    for split, rows in (("train", train), ("valid", valid)):
+        for row in rows[:1] + rows[-1:] if len(rows) > 1 else rows:
+            cells = [f"{row[k]:.3f}" if isinstance(row.get(k), float) else "" for k in keys]
+            lines.append(f"| {split} | {row['Step']} | " + " | ".join(cells) + " |")
+    (out / "REPORT.md").write_text("\n".join(lines) + "\n")
+    return out / "REPORT.md"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m birq_fs2.report", description=__doc__.split("\n")[0])
+    parser.add_argument("run_dir", type=Path)
+    args = parser.parse_args(argv)
+    try:
+        print(write_report(args.run_dir))
+    except Exception as ex:  # noqa: BLE001
+        print(f"report: error: {ex}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
