@@ -1,6 +1,6 @@
 """Plots and a markdown summary of a pretraining run, from fairseq2's JSONL metrics.
 
-    python -m birq_fs2.report RUN_DIR      # writes RUN_DIR/report/{curves.png,REPORT.md}
+python -m birq_fs2.report RUN_DIR      # writes RUN_DIR/report/{curves.png,REPORT.md}
 """
 
 from __future__ import annotations
@@ -39,7 +39,9 @@ def plot_curves(train: list[dict], valid: list[dict], out: Path) -> None:
                 points = [(r["Step"], r[key]) for r in rows if r.get(key)]
                 if points:
                     xs, ys = zip(*points, strict=True)
-                    ax.plot(xs, ys, style, label=f"{key.split()[0].lower()} ({split})", markersize=3)
+                    ax.plot(
+                        xs, ys, style, label=f"{key.split()[0].lower()} ({split})", markersize=3
+                    )
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
@@ -72,7 +74,9 @@ def write_report(run_dir: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m birq_fs2.report", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m birq_fs2.report", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("run_dir", type=Path)
     args = parser.parse_args(argv)
     try:

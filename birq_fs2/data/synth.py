@@ -254,9 +254,19 @@ def _channel(audio, rate: int, channel: str, rng: np.random.Generator):
 def render(task: Task) -> float:
     """Synthesise one utterance to FLAC; returns its duration in seconds."""
     import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # identical arithmetic whatever the machine: byte-identical files
+    try:
+        return _render(task)
+    finally:
+        torch.set_num_threads(threads)  # in-process (jobs=1) callers keep their setting
+
+
+def _render(task: Task) -> float:
+    import torch
     import torchaudio.functional as AF
 
-    torch.set_num_threads(1)  # identical arithmetic whatever the machine: byte-identical files
     with tempfile.TemporaryDirectory() as tmp:
         wav = Path(tmp) / "out.wav"
         _run_engine(task, wav)
