@@ -192,3 +192,22 @@ def test_report_plots_and_tabulates_a_run(tmp_path):
     md = (tmp_path / "report" / "REPORT.md").read_text()
     assert "| train | 2 | 8.800 |" in md and "| train | 6 | 8.400 |" in md and "| valid | 6 |" in md
     assert report_main([str(tmp_path / "missing")]) == 2
+
+
+@pytest.mark.parametrize("preset", ["tiny_cpu", "base_librispeech960", "large_librispeech960"])
+def test_presets_structure_into_the_recipe_config(preset):
+    cmd = [sys.executable, "-m", "birq_fs2.recipes.pretrain", "--dump-config", "--config-file",
+           str(PRESET.parent / f"{preset}.yaml")]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    dumped = yaml.safe_load(proc.stdout)
+    assert dumped["model"]["family"] == "birq" and dumped["model"]["arch"] in (
+        "tiny",
+        "base",
+        "large",
+    )
+    if preset == "tiny_cpu":  # a config typo fails and names the key
+        typo = subprocess.run(
+            cmd + ["--config", "schedule.taumax=3"], capture_output=True, text=True, timeout=300
+        )
+        assert typo.returncode != 0 and "taumax" in typo.stdout + typo.stderr
