@@ -385,3 +385,21 @@ def test_truncated_audio_and_non_utf8_transcripts(tmp_path, capsys):
     )
     assert [i for b in batches for i in b.example["ids"]] == ["7-8-0000"]
     assert stats.counts == {"corrupt": 1}
+
+
+def test_text_sources():
+    import random
+
+    from birq_fs2.data.synth import SynthError, pydoc_sentences, sentence_source
+
+    pool = pydoc_sentences()
+    assert len(pool) > 100
+    assert all(3 <= len(s.split()) <= 20 and normalize_transcript(s) == s.upper() for s in pool)
+    a, b = (
+        sentence_source("grammar", random.Random(0)),
+        sentence_source("grammar", random.Random(0)),
+    )
+    first = [next(a) for _ in range(5)]
+    assert first == [next(b) for _ in range(5)] and len(set(first)) > 1  # seeded, varied
+    with pytest.raises(SynthError, match="Unknown text source 'novels'"):
+        sentence_source("novels", random.Random(0))
