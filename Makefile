@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.birq-installed
-DEB_PACKAGES := libsndfile1 espeak-ng flite sox
+DEB_PACKAGES := libsndfile1 espeak-ng flite sox wordnet-base
 QUICK ?=
 OUT ?= demo-out
 
@@ -14,7 +14,8 @@ OUT ?= demo-out
 
 setup: deb venv
 
-# fairseq2n needs libsndfile1 to import; espeak-ng/flite/sox synthesise the demo corpus.
+# fairseq2n needs libsndfile1 to import; espeak-ng/flite/sox synthesise the demo corpus;
+# wordnet-base gives `birq-data synth --text wordnet` its example sentences.
 deb:
 	@missing=$$(for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \

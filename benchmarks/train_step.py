@@ -92,7 +92,9 @@ def main() -> None:
     parser.add_argument("--arch", default=None, help="tiny (CPU default) or base (GPU default)")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--frames", type=int, default=800, help="fbank frames (10 ms) per utterance")
+    parser.add_argument(
+        "--frames", type=int, default=800, help="fbank frames (10 ms) per utterance"
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/train_step"))
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -114,9 +116,15 @@ def main() -> None:
     best = results[f"bestrq_{arch}"]
     for v in results.values():
         v["time_ratio"] = v["median_s"] / best["median_s"]
-        v["memory_ratio"] = v["peak_extra_mb"] / best["peak_extra_mb"] if best["peak_extra_mb"] else float("nan")
+        v["memory_ratio"] = (
+            v["peak_extra_mb"] / best["peak_extra_mb"] if best["peak_extra_mb"] else float("nan")
+        )
     ratio_t, ratio_m = results[arch]["time_ratio"], results[arch]["memory_ratio"]
-    device_name = torch.cuda.get_device_name() if device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    device_name = (
+        torch.cuda.get_device_name()
+        if device == "cuda"
+        else f"CPU, {torch.get_num_threads()} threads"
+    )
     report = {"device": device_name, "batch": args.batch, "frames": args.frames, "results": results,
               "time_ratio": ratio_t, "memory_ratio": ratio_m}  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)

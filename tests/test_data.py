@@ -403,3 +403,13 @@ def test_text_sources():
     assert first == [next(b) for _ in range(5)] and len(set(first)) > 1  # seeded, varied
     with pytest.raises(SynthError, match="Unknown text source 'novels'"):
         sentence_source("novels", random.Random(0))
+
+
+@pytest.mark.skipif(
+    not Path("/usr/share/wordnet").is_dir(), reason="Debian wordnet-base not installed"
+)
+def test_wordnet_text_source():
+    from birq_fs2.data.synth import wordnet_sentences
+
+    pool = wordnet_sentences()
+    assert len(pool) > 1000 and not any(s.startswith("'") or s.endswith("'") for s in pool)

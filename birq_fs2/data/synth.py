@@ -110,7 +110,9 @@ def _pool_sentences(rng: random.Random, pool: list[str]) -> Iterator[str]:
 def _usable(sentence: str, max_words: int = 20) -> str | None:
     if re.search(r"[0-9_<>{}\[\]=/\\@#$%^&*+]", sentence):
         return None
-    text = normalize_transcript(sentence)
+    # Quotation marks, not apostrophes: drop quotes that open or close a word.
+    text = " ".join(w.strip("'") for w in normalize_transcript(sentence).split())
+    text = " ".join(w for w in text.split() if w)
     return text.lower() if 3 <= len(text.split()) <= max_words else None
 
 
