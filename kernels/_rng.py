@@ -7,7 +7,7 @@ coordinates. So the generator is a pure function of ``(seed, n, g, j)``:
     row_key  = hash32(seed_key_row ^ (n * G + g))
     col_key  = hash32(seed_key_col ^ j)
     bits     = hash32(row_key ^ col_key)
-    u        = ((bits >> 8) + 0.5) * 2**-24        # in (0, 1), never 0 or 1
+    u        = ((bits >> 9) + 0.5) * 2**-23        # in (0, 1), never 0 or 1, exact in fp32
     noise    = -log(-log(u))
 
 ``hash32`` is Wellons' "lowbias32" integer finaliser (a bijection on 32-bit words with
@@ -115,8 +115,18 @@ def gumbel_noise_rows(
     cols = torch.arange(col_start, num_codes, device=device, dtype=torch.int32)
     bits = _keys(rows, key_row)[:, None] ^ _keys(cols, key_col)[None, :]
     _hash32_(bits, torch.empty_like(bits))
-    bits = torch.bitwise_right_shift(bits, 8).bitwise_and_(0xFFFFFF)  # top 24 bits
-    u = bits.to(torch.float32).add_(0.5).mul_(2.0**-24)  # (0, 1), exact in fp32
+    return bits_to_gumbel_(bits)
+
+
+def bits_to_gumbel_(bits: torch.Tensor) -> torch.Tensor:
+    """uint32 bit patterns (in int32) -> Gumbel(0, 1) noise, float32.
+
+    Only the top 23 bits are used: (k + 0.5) * 2**-23 is exact in fp32 for every
+    k < 2**23, so u stays in [2**-24, 1 - 2**-24] and the noise in about [-2.8, 16.6].
+    (With 24 bits, k = 2**24 - 1 rounds to u = 1.0 and the noise to +inf.)
+    """
+    k = torch.bitwise_right_shift(bits, 9).bitwise_and_(0x7FFFFF)
+    u = k.to(torch.float32).add_(0.5).mul_(2.0**-23)
     return u.log_().neg_().log_().neg_()
 
 
@@ -153,7 +163,8 @@ if triton is not None:
     def gumbel_tl(row_key, col_key):
         """Gumbel noise for a (BLOCK_N, BLOCK_K) tile from per-row and per-code keys."""
         bits = hash32_tl(row_key[:, None] ^ col_key[None, :])
-        u = ((bits >> 8).to(tl.float32) + 0.5) * 5.9604644775390625e-08  # 2**-24
+        # Top 23 bits: (k + 0.5) * 2**-23 is exact in fp32, so 0 < u < 1 (see bits_to_gumbel_).
+        u = ((bits >> 9).to(tl.float32) + 0.5) * 1.1920928955078125e-07  # 2**-23
         return -tl.log(-tl.log(u))
 
     @triton.jit

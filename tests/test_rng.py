@@ -57,3 +57,15 @@ def test_bad_seed_is_a_value_error(seed):
 def test_bad_sizes_are_value_errors():
     with pytest.raises(ValueError, match="`K`"):
         gumbel_noise(0, 2, 2, -1)
+
+
+def test_extreme_bit_patterns_give_finite_noise():
+    from birq_kernels._rng import bits_to_gumbel_
+
+    # 0, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF and the patterns next to the ends of the range
+    bits = torch.tensor([0, 2**31 - 1, -(2**31), -1, 511, 512, -512, -513], dtype=torch.int32)
+    noise = bits_to_gumbel_(bits)
+    assert torch.isfinite(noise).all()
+    assert noise.max().item() < 17.0 and noise.min().item() > -3.0
+    # The largest pattern maps to the largest noise, the smallest to the smallest.
+    assert noise[3] == noise.max() and noise[0] == noise.min()
