@@ -211,3 +211,29 @@ def test_presets_structure_into_the_recipe_config(preset):
             cmd + ["--config", "schedule.taumax=3"], capture_output=True, text=True, timeout=300
         )
         assert typo.returncode != 0 and "taumax" in typo.stdout + typo.stderr
+
+
+def test_a_non_finite_loss_stops_training_with_the_step_number():
+    from fairseq2.datasets import SequenceBatch
+    from fairseq2.metrics import MetricBag
+
+    from birq_fs2.data.pipeline import DataStats
+    from birq_fs2.models.config import ARCHS
+    from birq_fs2.models.factory import create_birq_model
+    from birq_fs2.recipes.pretrain.recipe import BirqTrainUnit
+
+    model = create_birq_model(ARCHS["tiny"]())
+    unit = BirqTrainUnit(
+        model, model, StepSchedule(BirqScheduleSection(refine_start=0), 10, 0, 0), DataStats()
+    )
+    bag = MetricBag(device=torch.device("cpu"))
+    unit.prepare_metric_bag(bag)
+    unit.set_step_nr(3)
+    x = torch.randn(2, 200, 80)
+    loss, n = unit.process_batch(SequenceBatch(x, None, example={"ids": ["a", "b"]}), bag)
+    assert torch.isfinite(loss) and n > 0
+    x[0, 5, 3] = float("nan")
+    with pytest.raises(
+        FloatingPointError, match=r"Non-finite loss at step 3 .*utterances \['a', 'b'\]"
+    ):
+        unit.process_batch(SequenceBatch(x, None, example={"ids": ["a", "b"]}), bag)

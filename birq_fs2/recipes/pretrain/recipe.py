@@ -216,6 +216,7 @@ class BirqTrainUnit(TrainUnit[SequenceBatch]):
         self, dp_model: Module, model: BirqModel, schedule: StepSchedule, stats: DataStats
     ) -> None:
         self._dp_model, self._model, self._schedule, self._stats = dp_model, model, schedule, stats
+        self._step_nr = 1
         self._step = schedule(1)
 
     @override
@@ -224,12 +225,21 @@ class BirqTrainUnit(TrainUnit[SequenceBatch]):
 
     @override
     def set_step_nr(self, step_nr: int) -> None:
+        self._step_nr = step_nr
         self._step = self._schedule(step_nr)
 
     @override
     def process_batch(self, batch: SequenceBatch, metric_bag: MetricBag) -> tuple[Tensor, int]:
         seqs, layout = batch.as_input()
         out: BirqOutput = self._dp_model(seqs, layout, self._step)
+        if not torch.isfinite(out.loss):
+            # Stop at once: a NaN step would poison every later checkpoint.
+            enhanced = "off" if out.enhanced_loss is None else f"{float(out.enhanced_loss):.4g}"
+            raise FloatingPointError(
+                f"Non-finite loss at step {self._step_nr} (anchor {float(out.anchor_loss):.4g}, enhanced "
+                f"{enhanced}, utterances {batch.example['ids'][:3]}...). The last checkpoint is intact: "
+                "lower optimizer.config.lr (or trainer.max_grad_norm) and re-run the command to resume."
+            )
         _update_metrics(metric_bag, batch, out, self._step, self._model)
         # A summed loss with its target count: the trainer normalises by the step's total.
         return out.loss, out.num_targets
