@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -35,35 +34,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _memory import PeakRss
 
 D, d, K = 320, 16, 8192
 
 
 # --------------------------------------------------------------------------- worker
-
-
-def _rss_kib() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
-
-
-def _reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS mark (VmHWM); False where Linux does not allow it."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_rss_kib(was_reset: bool) -> int:
-    if was_reset:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # lifetime peak: an upper bound
 
 
 def _inputs(N: int, G: int, device: str):
@@ -163,16 +139,15 @@ def worker(case: dict) -> dict:
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-    rss0 = _rss_kib()
-    was_reset = _reset_peak_rss()
-    t0 = time.perf_counter()
-    fn()  # first call: compile, page faults, peak memory
-    sync()
-    result["first_call_s"] = time.perf_counter() - t0
+    with PeakRss() as cpu_peak:
+        t0 = time.perf_counter()
+        fn()  # first call: compile, page faults, peak memory
+        sync()
+        result["first_call_s"] = time.perf_counter() - t0
     if device == "cuda":
         result["peak_extra_mb"] = (torch.cuda.max_memory_allocated() - base) / 2**20
     else:
-        result["peak_extra_mb"] = max(0, _peak_rss_kib(was_reset) - rss0) / 1024
+        result["peak_extra_mb"] = cpu_peak.extra_mb
     times = []
     for _ in range(case["repeats"]):
         t0 = time.perf_counter()

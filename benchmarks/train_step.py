@@ -21,21 +21,7 @@ import time
 from pathlib import Path
 
 import torch
-
-
-def _peak_reset() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def _rss_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return 0
+from _memory import PeakRss
 
 
 def worker(arch: str, steps: int, batch: int, frames: int, device: str) -> dict:
@@ -68,21 +54,20 @@ def worker(arch: str, steps: int, batch: int, frames: int, device: str) -> dict:
 
     step(0)  # warm-up: allocator, optimizer state
     sync()
-    rss0 = _rss_kib("VmRSS")
-    reset = _peak_reset()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     times = []
-    for i in range(1, steps + 1):
-        t0 = time.perf_counter()
-        step(i)
-        sync()
-        times.append(time.perf_counter() - t0)
+    with PeakRss() as cpu_peak:
+        for i in range(1, steps + 1):
+            t0 = time.perf_counter()
+            step(i)
+            sync()
+            times.append(time.perf_counter() - t0)
     if device == "cuda":
         peak = (torch.cuda.max_memory_allocated() - base) / 2**20
     else:
-        peak = (_rss_kib("VmHWM") - rss0) / 1024 if reset else float("nan")
+        peak = cpu_peak.extra_mb
     return {"arch": arch, "median_s": statistics.median(times), "min_s": min(times), "peak_extra_mb": peak,
             "params": sum(p.numel() for p in model.parameters())}  # fmt: skip
 
