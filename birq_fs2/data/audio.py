@@ -9,7 +9,6 @@ file I/O is not used); the filterbank is fairseq2's Kaldi-compatible
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +17,8 @@ import torchaudio.functional as AF
 from fairseq2.data._memory import MemoryBlock
 from fairseq2.data.audio import AudioDecoder, WaveformToFbankConverter
 from fairseq2.data.data_pipeline import FileMapper
+
+from birq_fs2.seeds import derive_seed
 
 SAMPLE_RATE = 16_000
 FRAME_SHIFT = 160  # 10 ms
@@ -79,8 +80,7 @@ class AudioLoader:
 def utterance_seed(seed: int, utt_id: str, purpose: str) -> int:
     """A 63-bit seed from (seed, utterance, purpose): batch- and order-independent, so a
     resumed or re-sharded run draws the same dither and crops for the same utterance."""
-    digest = hashlib.blake2b(f"{seed}/{utt_id}/{purpose}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
+    return derive_seed(seed, utt_id, purpose) >> 1
 
 
 class FbankExtractor:

@@ -3,7 +3,6 @@ validation, metric recorders). BEST-RQ is the same recipe with a ``bestrq_*`` ar
 
 from __future__ import annotations
 
-import hashlib
 import math
 from typing import Any, final
 
@@ -25,6 +24,7 @@ from typing_extensions import override
 from birq_fs2.data.dataset import SpeechDataset
 from birq_fs2.data.pipeline import DataStats
 from birq_fs2.models.model import BirqModel, BirqOutput, BirqStep
+from birq_fs2.seeds import derive_seed
 
 from .config import BirqPretrainConfig, BirqScheduleSection
 
@@ -123,12 +123,8 @@ class StepSchedule:
             frac = min(1.0, max(0.0, since / (self.num_steps - self.refine_start)))
             gamma = s.gamma + frac * (s.gamma_final - s.gamma)
         tau = max(s.tau_min, s.tau_max * s.tau_decay ** max(0, since))
-        digest = hashlib.blake2b(
-            f"{self.seed}/{step_nr}/{self.rank}".encode(), digest_size=8
-        ).digest()
-        return BirqStep(
-            enhanced_active=since > 0, gamma=gamma, tau=tau, seed=int.from_bytes(digest, "little")
-        )
+        seed = derive_seed(self.seed, step_nr, self.rank)
+        return BirqStep(enhanced_active=since > 0, gamma=gamma, tau=tau, seed=seed)
 
 
 def _add_metrics(bag: MetricBag) -> None:
