@@ -26,7 +26,7 @@ def _manifest(args: argparse.Namespace) -> int:
     src: Path = args.librispeech_dir.resolve()
     if not is_librispeech_subset(src):
         raise CorpusError(f"{src}: not a LibriSpeech subset folder (<speaker>/<chapter>/*.flac).")
-    problems: list[str] = []
+    problems: list[tuple[str, str]] = []
     utts = scan_librispeech(src, problems=problems)
     utts = [replace(u, num_samples=header_num_samples(u.path)) for u in utts]
     split = args.split or src.name
@@ -50,8 +50,8 @@ def _manifest(args: argparse.Namespace) -> int:
         print(
             f"warning: {missing} files have no transcript (no .wrd/.ltr written)", file=sys.stderr
         )
-    for p in problems:
-        print(f"warning: {p}", file=sys.stderr)
+    for path, message in problems:
+        print(f"warning: {path}: {message}", file=sys.stderr)
     return 0
 
 
@@ -76,11 +76,9 @@ def _check(args: argparse.Namespace) -> int:
     total = 0
     for split in splits:
         if (path / split).is_dir() and not (path / f"{split}.tsv").exists():
-            notes: list[str] = []
+            notes: list[tuple[str, str]] = []
             utts = scan_librispeech(path / split, problems=notes)
-            problems += [
-                Problem(n.split(": ")[0], "bad_transcript", n.split(": ", 1)[1]) for n in notes
-            ]
+            problems += [Problem(file, "bad_transcript", message) for file, message in notes]
         else:
             utts = load_split(path, split)
         total += len(utts)

@@ -39,14 +39,14 @@ class Utterance:
     speaker: str | None = None
 
 
-def _read_transcripts(path: Path, problems: list[str] | None) -> dict[str, str]:
+def _read_transcripts(path: Path, problems: list[tuple[str, str]] | None) -> dict[str, str]:
     try:
         raw = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as ex:
-        msg = f"{path}: not UTF-8 ({ex.reason} at byte {ex.start}); decoded with replacement characters"
-        log.warning(msg)
+        msg = f"not UTF-8 ({ex.reason} at byte {ex.start}); decoded with replacement characters"
+        log.warning("%s: %s", path, msg)
         if problems is not None:
-            problems.append(msg)
+            problems.append((str(path), msg))
         raw = path.read_bytes().decode("utf-8", errors="replace")
     out = {}
     for line in raw.splitlines():
@@ -60,8 +60,11 @@ def is_librispeech_subset(path: Path) -> bool:
     return any(path.glob("*/*/*.trans.txt")) or any(path.glob("*/*/*.flac"))
 
 
-def scan_librispeech(subset_dir: Path, *, problems: list[str] | None = None) -> list[Utterance]:
-    """All audio files of one LibriSpeech subset, with their transcripts (None if missing)."""
+def scan_librispeech(
+    subset_dir: Path, *, problems: list[tuple[str, str]] | None = None
+) -> list[Utterance]:
+    """All audio files of one LibriSpeech subset, with their transcripts (None if missing).
+    Unreadable transcript files are appended to `problems` as (path, message)."""
     subset_dir = Path(subset_dir).resolve()
     if not subset_dir.is_dir():
         raise CorpusError(f"{subset_dir}: not a directory.")
