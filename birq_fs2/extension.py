@@ -24,6 +24,7 @@ from birq_fs2.data.dataset import (
     open_asr_dataset,
     open_speech_dataset,
 )
+from birq_fs2.models.asr import register_birq_asr_archs
 from birq_fs2.models.config import BIRQ_FAMILY, BirqConfig, register_birq_archs
 from birq_fs2.models.factory import create_birq_model
 from birq_fs2.models.model import BirqModel
@@ -36,6 +37,8 @@ def setup_birq_fs2(container: DependencyContainer) -> None:
         fsdp_applier=apply_fsdp_to_wav2vec2, layerwise_ac_applier=apply_ac_to_wav2vec2,
     )  # fmt: skip
     register_birq_archs(container)
+    # CTC fine-tuning uses fairseq2's wav2vec2_asr family with BiRQ-shaped encoders.
+    register_birq_asr_archs(container)
     register_dataset_family(
         container,
         BIRQ_SPEECH_FAMILY,

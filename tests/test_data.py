@@ -55,8 +55,11 @@ def test_vocabulary_round_trip(tmp_path):
     assert vocab.decode(ids.tolist()) == "THE CAT'S HAT"
     vocab.save(tmp_path / "dict.ltr.txt")
     assert CharVocabulary.load(tmp_path / "dict.ltr.txt") == vocab
+    assert len(vocab) == 2 + 26 + 2  # every letter, even those the transcripts lack
+    assert vocab.decode(vocab.encode("zebra").tolist()) == "ZEBRA"
+    small = CharVocabulary(["<blank>", "<pad>", "|", "A"])
     with pytest.raises(ValueError, match="'Z' of 'zebra' is not in the vocabulary"):
-        vocab.encode("zebra")
+        small.encode("zebra")
     assert normalize_transcript("Hello,  world-wide!") == "HELLO WORLD WIDE"
 
 

@@ -20,6 +20,8 @@ from pathlib import Path
 from fairseq2.datasets import DataPipelineReader, SyncMode
 from fairseq2.gang import Gangs
 
+from birq_fs2.seeds import derive_seed
+
 from .corpus import CorpusError, Utterance, is_librispeech_subset, load_split, load_vocabulary
 from .pipeline import DataStats, SpeechPipelineConfig, create_speech_reader
 from .vocab import CharVocabulary
@@ -68,9 +70,14 @@ class SpeechDataset:
         num_accumulate: int = 1,
         sync_mode: SyncMode = SyncMode.UNTIL_FIRST,
         repeat: bool = False,
+        fraction: float = 1.0,
     ) -> DataPipelineReader:
+        """`fraction` < 1 keeps a fixed subset of the split (see `subset`)."""
+        utterances = self.utterances(split)
+        if fraction < 1.0:
+            utterances = subset(utterances, fraction, seed)
         return create_speech_reader(
-            self.utterances(split), config, gangs, seed=seed, shuffle=shuffle, stats=stats,
+            utterances, config, gangs, seed=seed, shuffle=shuffle, stats=stats,
             num_accumulate=num_accumulate, sync_mode=sync_mode, vocab=self._vocab(), repeat=repeat,
         )  # fmt: skip
 
@@ -100,6 +107,13 @@ class AsrDataset(SpeechDataset):
 
     def _vocab(self) -> CharVocabulary | None:
         return self.vocabulary
+
+
+def subset(utterances: list[Utterance], fraction: float, seed: int) -> list[Utterance]:
+    """About `fraction` of the utterances, chosen by a hash of (seed, id): the same ones
+    whatever the order, the rank or the other utterances of the split."""
+    threshold = int(fraction * 2**64)
+    return [u for u in utterances if derive_seed(seed, u.id, "subset") < threshold]
 
 
 def _path(config: SpeechDatasetConfig) -> Path:

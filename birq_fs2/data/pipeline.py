@@ -40,7 +40,8 @@ class SpeechPipelineConfig:
     """Utterances with fewer fbank frames (10 ms each) are skipped and counted. Keep it
     above the masking span of the model (BEST-RQ: 40 frames)."""
     max_frames: int = 1600
-    """Longer utterances are randomly cropped to this many frames (never dropped)."""
+    """Longer utterances are randomly cropped to this many frames (unlabelled audio) or
+    skipped and counted (with transcripts: a crop would cut the audio, not the text)."""
     max_frames_per_batch: int = 32_000
     """Padded frames per batch (batch size x longest utterance); a multiple of max_frames."""
     normalize: str = "utterance"
@@ -134,6 +135,12 @@ def build_speech_pipeline(
         if num_frames < config.min_frames:
             stats.record(
                 "too_short", f"{path}: {num_frames} frames < min_frames = {config.min_frames}"
+            )
+            return None
+        if num_frames > config.max_frames and vocab is not None:
+            # A crop would cut the audio but not its transcript.
+            stats.record(
+                "too_long", f"{path}: {num_frames} frames > max_frames = {config.max_frames}"
             )
             return None
         if num_frames > config.max_frames:

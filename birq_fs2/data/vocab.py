@@ -18,6 +18,7 @@ BLANK, PAD, WORD_BOUNDARY = "<blank>", "<pad>", "|"
 _SPECIALS = (BLANK, PAD)
 _NOT_ALLOWED = re.compile(r"[^A-Z' ]")
 _SPACES = re.compile(r"\s+")
+_ALPHABET = (*"ABCDEFGHIJKLMNOPQRSTUVWXYZ", "'", WORD_BOUNDARY)
 
 
 def normalize_transcript(text: str) -> str:
@@ -48,10 +49,12 @@ class CharVocabulary:
 
     @classmethod
     def build(cls, transcripts: Iterable[str]) -> CharVocabulary:
-        counts: Counter[str] = Counter()
+        """Every symbol that normalisation can produce (A-Z, apostrophe, word boundary),
+        not only those seen in `transcripts`: a letter missing from a small training set
+        would otherwise make every dev or test utterance that has it unusable."""
+        counts: Counter[str] = Counter(_ALPHABET)
         for text in transcripts:
             counts.update(normalize_transcript(text).replace(" ", WORD_BOUNDARY))
-        counts[WORD_BOUNDARY] += 0  # always present, even for one-word corpora
         return cls([*_SPECIALS, *sorted(counts)])
 
     def encode(self, text: str) -> torch.Tensor:

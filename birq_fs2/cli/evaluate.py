@@ -1,0 +1,120 @@
+"""``birq-evaluate --model CARD_OR_DIR --data MANIFEST_OR_LIBRISPEECH_DIR [--split S]``:
+greedy CTC decoding of a labelled split, WER and CER with jiwer after LibriSpeech-style
+normalisation (upper case, punctuation removed).
+
+Writes ``hypotheses.tsv`` (id, word errors, reference words, reference, hypothesis) and
+``summary.json`` under --out, and prints the summary. Files that cannot be decoded and
+utterances without a transcript are listed in the summary, named on stderr, and left
+out of the score; the exit status is then 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from birq_fs2.data.corpus import CorpusError, Utterance, is_librispeech_subset, load_split, scan_librispeech
+
+
+def resolve_split(data: Path, split: str | None) -> tuple[str, list[Utterance]]:
+    """(split name, utterances) of a LibriSpeech subset folder, or of `split` (or the only
+    split) of a manifest directory or LibriSpeech root."""
+    if not data.is_dir():
+        raise CorpusError(f"{data}: no such data directory.")
+    if split is None and is_librispeech_subset(data):
+        return data.name, scan_librispeech(data)
+    if split is None:
+        splits = sorted(p.stem for p in data.glob("*.tsv")) or sorted(
+            p.name for p in data.iterdir() if p.is_dir() and is_librispeech_subset(p)
+        )
+        if len(splits) != 1:
+            raise CorpusError(
+                f"{data}: name the split to evaluate with --split (found: {', '.join(splits) or 'none'})."
+            )
+        split = splits[0]
+    return split, load_split(data, split)
+
+
+def evaluate(
+    model: str, data: Path, split: str | None, out_dir: Path | None, device: torch.device
+) -> tuple[dict, int]:
+    from birq_fs2.inference import Transcriber
+    from birq_fs2.scoring import count_errors
+
+    started = time.perf_counter()
+    split, utts = resolve_split(data, split)
+    transcriber = Transcriber(model, device=device)
+    problems: list[dict[str, str]] = []
+    labelled = []
+    for u in utts:
+        if u.text is None or not u.text.strip():
+            problems.append({"path": str(u.path), "problem": "no transcript"})
+        else:
+            labelled.append(u)
+    rows, refs, hyps, audio_frames = [], [], [], 0
+    by_path = {str(u.path): u for u in labelled}
+    for t in transcriber.transcribe([str(u.path) for u in labelled]):
+        if t.error is not None:
+            problems.append({"path": t.path, "problem": t.error.removeprefix(f"{t.path}: ")})
+            continue
+        u = by_path[t.path]
+        counts = count_errors([u.text], [t.text])
+        rows.append((u.id, counts.word_errors, counts.ref_words, u.text, t.text))
+        refs.append(u.text)
+        hyps.append(t.text)
+        audio_frames += t.num_frames
+    if not rows:
+        raise CorpusError(f"{data} ({split}): no utterance could be scored.")
+    total = count_errors(refs, hyps)
+    seconds = time.perf_counter() - started
+    summary = {
+        "model": model, "data": str(data), "split": split, "num_utterances": len(rows),
+        "wer": round(total.wer, 2), "cer": round(total.cer, 2),
+        "word_errors": total.word_errors, "ref_words": total.ref_words,
+        "char_errors": total.char_errors, "ref_chars": total.ref_chars,
+        "audio_hours": round(audio_frames / 100 / 3600, 4), "seconds": round(seconds, 1),
+        "skipped": problems,
+    }  # fmt: skip
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with (out_dir / "hypotheses.tsv").open("w", encoding="utf-8") as f:
+            f.write("id\tword_errors\tref_words\treference\thypothesis\n")
+            for row in rows:
+                f.write("\t".join(map(str, row)) + "\n")
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary, len(problems)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="birq-evaluate", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", required=True, help="asset card, birq-export or birq-finetune folder")
+    parser.add_argument("--data", required=True, type=Path, help="manifest dir, LibriSpeech root or subset")
+    parser.add_argument("--split", help="split to score (needed when the data has several)")
+    parser.add_argument("--out", type=Path, help="output folder (default: birq-eval/<split>)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    args = parser.parse_args(argv)
+    try:
+        out = args.out
+        if out is None:
+            out = Path("birq-eval") / (args.split or args.data.name)
+        summary, num_problems = evaluate(args.model, args.data, args.split, out, torch.device(args.device))
+    except Exception as ex:  # noqa: BLE001 - one line for users; --debug for the traceback
+        if args.debug:
+            raise
+        print(f"birq-evaluate: error: {ex}", file=sys.stderr)
+        return 2
+    for p in summary["skipped"]:
+        print(f"birq-evaluate: skipped {p['path']}: {p['problem']}", file=sys.stderr)
+    print(json.dumps({k: v for k, v in summary.items() if k != "skipped"} | {"skipped": len(summary["skipped"])}))
+    print(f"birq-evaluate: {out / 'hypotheses.tsv'}, {out / 'summary.json'}", file=sys.stderr)
+    return 1 if num_problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

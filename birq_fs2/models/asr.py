@@ -1,0 +1,118 @@
+"""CTC models fine-tuned from BiRQ encoders.
+
+The fine-tuned model is fairseq2's own ``wav2vec2_asr`` family (`Wav2Vec2AsrModel`: the
+same fbank front end and conformer encoder as `BirqModel`, wav2vec2's SpecAugment-style
+masker, a linear CTC head with blank = 0), so it loads, shards and decodes like any
+fairseq2 ASR model. This module adds its ``birq_*`` architectures (the encoders of the
+``birq`` archs), the transfer of a pretrained encoder into it, and greedy CTC decoding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields, replace
+
+import torch
+from fairseq2.models.wav2vec2 import Wav2Vec2EncoderConfig
+from fairseq2.models.wav2vec2.asr import Wav2Vec2AsrConfig
+from fairseq2.nn import BatchLayout
+from fairseq2.runtime.config_registry import ConfigRegistrar
+from fairseq2.runtime.dependency import DependencyContainer
+from torch import Tensor
+from torch.nn import Module
+
+from .config import ARCHS
+
+# Encoder fields that change no parameter shape: a pretrained encoder transfers across them.
+_REGULARISATION_FIELDS = frozenset(
+    {"dropout_p", "attn_dropout_p", "ffn_inner_dropout_p", "first_pass_dropout_p",
+     "layer_drop_p", "feature_grad_scale"}
+)  # fmt: skip
+
+
+class EncoderTransferError(ValueError):
+    """A pretrained model whose encoder does not fit the CTC model being fine-tuned."""
+
+
+def asr_config_for(encoder_config: Wav2Vec2EncoderConfig, vocab_size: int = 32) -> Wav2Vec2AsrConfig:
+    """A CTC config around a BiRQ encoder: time masks of 5 frames (200 ms) on ~50 % of the
+    frames at most, channel masks of 16 of the model dimensions (SpecAugment-like)."""
+    return Wav2Vec2AsrConfig(
+        encoder_config=replace(encoder_config),
+        target_vocab_size=vocab_size,
+        final_dropout_p=0.1,
+        use_masking=True,
+        temporal_mask_span_len=5,
+        max_temporal_mask_prob=0.5,
+        min_num_temporal_mask_spans=2,
+        spatial_mask_span_len=16,
+        max_spatial_mask_prob=0.2,
+        min_num_spatial_mask_spans=1,
+    )
+
+
+def register_birq_asr_archs(container: DependencyContainer) -> None:
+    """``wav2vec2_asr`` archs ``birq_tiny``, ``birq_base``, ``birq_large``."""
+    arch = ConfigRegistrar(container, Wav2Vec2AsrConfig)
+    for name in ("tiny", "base", "large"):
+        make = ARCHS[name]
+        arch(f"birq_{name}")(lambda make=make: asr_config_for(make().encoder_config))
+
+
+def encoder_config_mismatch(
+    expected: Wav2Vec2EncoderConfig, actual: Wav2Vec2EncoderConfig
+) -> list[str]:
+    """'field: expected != actual' for each shape-defining field that differs."""
+    out = []
+    for f in fields(expected):
+        if f.name in _REGULARISATION_FIELDS:
+            continue
+        a, b = getattr(expected, f.name), getattr(actual, f.name)
+        if a != b:
+            out.append(f"{f.name}: {a!r} (fine-tune model) != {b!r} (pretrained)")
+    return out
+
+
+def transfer_encoder(pretrained: Module, asr_model: Module, source: str) -> int:
+    """Copy the pretrained `encoder_frontend` and `encoder` into the CTC model; returns
+    the number of tensors copied. Raises `EncoderTransferError` naming `source` and the
+    first mismatches if the two do not fit."""
+    family = type(pretrained).__name__
+    copied = 0
+    for part in ("encoder_frontend", "encoder"):
+        src, dst = getattr(pretrained, part, None), getattr(asr_model, part)
+        if src is None:
+            raise EncoderTransferError(
+                f"{source}: a {family} has no `{part}`; a BiRQ (or BEST-RQ) model is needed."
+            )
+        src_state, dst_state = src.state_dict(), dst.state_dict()
+        missing = sorted(set(dst_state) - set(src_state))
+        unexpected = sorted(set(src_state) - set(dst_state))
+        wrong = [k for k in dst_state if k in src_state and src_state[k].shape != dst_state[k].shape]
+        if missing or unexpected or wrong:
+            detail = "; ".join(
+                f"{what}: {', '.join(keys[:3])}{'...' if len(keys) > 3 else ''}"
+                for what, keys in (("missing", missing), ("unexpected", unexpected), ("shape differs", wrong))
+                if keys
+            )  # fmt: skip
+            raise EncoderTransferError(
+                f"{source}: its {part} does not fit the fine-tune model ({detail}). Pick the "
+                "model.arch that matches the pretrained one (birq_tiny for tiny, ...)."
+            )
+        dst.load_state_dict(src_state, strict=True)
+        copied += len(src_state)
+    return copied
+
+
+def ctc_greedy_ids(logits: Tensor, layout: BatchLayout, blank: int = 0) -> list[list[int]]:
+    """Best path per utterance: argmax per frame (padding excluded), repeats merged,
+    blanks removed."""
+    best = logits.argmax(dim=-1).cpu()
+    if layout.padded:
+        lengths = [int(n) for n in layout.seq_lens]
+    else:
+        lengths = [best.shape[1]] * best.shape[0]
+    out = []
+    for row, n in zip(best, lengths, strict=True):
+        path = torch.unique_consecutive(row[:n])
+        out.append([int(i) for i in path if int(i) != blank])
+    return out

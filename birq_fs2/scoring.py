@@ -1,0 +1,50 @@
+"""Word and character error rates with jiwer, after LibriSpeech-style normalisation
+(upper case, letters and apostrophes, single spaces) of both sides."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import jiwer
+
+from birq_fs2.data.vocab import normalize_transcript
+
+
+@dataclass
+class ErrorCounts:
+    """Edit counts that add up across batches and processes; rates in percent."""
+
+    word_errors: int = 0
+    ref_words: int = 0
+    char_errors: int = 0
+    ref_chars: int = 0
+
+    @property
+    def wer(self) -> float:
+        return 100.0 * self.word_errors / max(self.ref_words, 1)
+
+    @property
+    def cer(self) -> float:
+        return 100.0 * self.char_errors / max(self.ref_chars, 1)
+
+
+def count_errors(refs: Sequence[str], hyps: Sequence[str]) -> ErrorCounts:
+    """jiwer's word and character alignments of normalised (reference, hypothesis) pairs;
+    pairs whose normalised reference is empty cannot be scored and raise ValueError."""
+    if len(refs) != len(hyps):
+        raise ValueError(f"{len(refs)} references but {len(hyps)} hypotheses.")
+    if not refs:
+        return ErrorCounts()
+    refs = [normalize_transcript(r) for r in refs]
+    hyps = [normalize_transcript(h) for h in hyps]
+    if not all(refs):
+        raise ValueError("A reference transcript is empty after normalisation.")
+    words = jiwer.process_words(refs, hyps)
+    chars = jiwer.process_characters(refs, hyps)
+    return ErrorCounts(
+        word_errors=words.substitutions + words.deletions + words.insertions,
+        ref_words=words.hits + words.substitutions + words.deletions,
+        char_errors=chars.substitutions + chars.deletions + chars.insertions,
+        ref_chars=chars.hits + chars.substitutions + chars.deletions,
+    )
