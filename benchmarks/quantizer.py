@@ -1,6 +1,6 @@
 """Quantizer benchmark: eager reference vs chunked torch vs torch.compile vs Triton.
 
-    python benchmarks/quantizer.py [--quick] [--out DIR]
+    python benchmarks/quantizer.py [--quick] [--out DIR] [--impls eager,...] [--workloads labels,gumbel]
 
 Workloads at BEST-RQ sizes (D = 320, d = 16, K = 8192):
 - ``labels``: `rpq_labels` (anchor labels, forward only), N in {10k, 40k}, G in {1, 4};
@@ -13,6 +13,12 @@ without ``THP_MEM_ALLOC_ENABLE=1`` (transparent huge pages for large torch
 allocations), because much of the eager reference's time is page-faulting its fresh
 N x K buffers. The machine's fp32 GEMM rate is measured in the same run, and each
 case's useful GEMM FLOPs are reported as a fraction of it.
+
+On CUDA (picked whenever a GPU is visible) the eager reference, the chunked torch path
+and the Triton kernels run, each case in one process by default (``--processes 1``:
+GPU times vary little between processes); times are the best and the median of 20 calls
+after the first. torch.compile cases run last, so a ``timeout`` around the script loses
+those first: the report is rewritten after every case.
 
 With the optional ``bench`` extra installed, the random-projection quantizers of
 vector-quantize-pytorch and SpeechBrain run on the same inputs (their projection and
@@ -155,6 +161,7 @@ def worker(case: dict) -> dict:
         sync()
         times.append(time.perf_counter() - t0)
     result["time_s"] = min(times)
+    result["median_s"] = sorted(times)[len(times) // 2]
     # Label agreement last: it runs the reference, whose N x K buffer would raise the peak.
     if impl.startswith("peer:"):
         ours = rpq_labels(prepare(x), projection.to(device), codebook.to(device))
@@ -229,23 +236,30 @@ def available_peers() -> list[str]:
     return peers
 
 
-def plan(quick: bool, device: str) -> list[dict]:
+def plan(quick: bool, device: str, only: list[str] | None = None) -> list[dict]:
     label_sizes = [(2000, 1)] if quick else [(10_000, 1), (10_000, 4), (40_000, 1), (40_000, 4)]
     gumbel_sizes = [(1000, 1)] if quick else [(10_000, 1)]
-    fast = "triton" if device == "cuda" else "chunked"
-    impls = ["eager", fast] + ([] if quick else ["compile"])
+    fast = ["chunked", "triton"] if device == "cuda" else ["chunked"]
+    impls = ["eager", *fast] + ([] if quick else ["compile"])
     cases = []
     for N, G in label_sizes:
         for impl in impls:
             cases.append(dict(workload="labels", N=N, G=G, impl=impl))
     for N, G in gumbel_sizes:
-        for impl in ("eager", fast):
+        for impl in ("eager", *fast):
             cases.append(dict(workload="gumbel", N=N, G=G, impl=impl))
     for peer in available_peers():
         N, G = label_sizes[0]
         cases.append(dict(workload="labels", N=N, G=G, impl=f"peer:{peer}"))
+    if only is not None:
+        cases = [
+            c for c in cases
+            if c["impl"] in only or (c["impl"].startswith("peer:") and "peer" in only)
+        ]  # fmt: skip
+    cases.sort(key=lambda c: c["impl"] == "compile")  # slowest to start: last
+    repeats = 1 if quick else (20 if device == "cuda" else 5)
     for case in cases:
-        case.update(device=device, repeats=1 if quick else 5)
+        case.update(device=device, repeats=repeats)
     return cases
 
 
@@ -254,22 +268,27 @@ def markdown(report: dict) -> str:
     lines = [
         "# Quantizer benchmark",
         "",
-        f"Machine: {m['device_name']}, {m['threads']} torch threads; torch {m['torch']}; "
-        f"measured fp32 GEMM rate: {m['gemm_gflops']:.0f} GFLOP/s.",
-        f"Sizes: D = {D}, d = {d}, K = {K}. Time: the best of {report['repeats']} calls after "
+        f"Machine: {m['device_name']}, {m['threads']} torch threads; torch {m['torch']}, "
+        f"triton {m.get('triton')}; measured fp32 GEMM rate: {m['gemm_gflops']:.0f} GFLOP/s"
+        + (
+            f" (TF32 allowed: {m['cuda_matmul_allow_tf32']})."
+            if "cuda_matmul_allow_tf32" in m
+            else "."
+        ),
+        f"Sizes: D = {D}, d = {d}, K = {K}. Time: the best (and the median) of {report['repeats']} calls after "
         f"a first call, in each of {report['processes']} fresh processes. Peak: extra memory "
         "of the first full-size call after a 64-frame warm-up (CPU: growth of the peak RSS "
         "over the RSS before the call; CUDA: the allocator's peak over the inputs). THP: "
         "THP_MEM_ALLOC_ENABLE (huge pages for torch's large CPU allocations).",
         "",
-        "| workload | N | G | impl | THP | time (ms) | frames/s | x eager | peak extra (MB) | % GEMM rate | labels agree |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| workload | N | G | impl | THP | time (ms) | median (ms) | frames/s | x eager | x chunked | peak extra (MB) | % GEMM rate | labels agree |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["results"]:
         if "error" in r:
             lines.append(
                 f"| {r['workload']} | {r['N']} | {r['G']} | {r['impl']} | {r['thp']} | "
-                f"failed: {r['error']} | | | | | |"
+                f"failed: {r['error']} | | | | | | | |"
             )
             continue
         if "label_agreement" in r:
@@ -278,8 +297,9 @@ def markdown(report: dict) -> str:
             agree = "(reference)" if r["impl"] == "eager" else "n/a"
         lines.append(
             f"| {r['workload']} | {r['N']} | {r['G']} | {r['impl']} | {r['thp']} | "
-            f"{1000 * r['time_s']:.1f} | {r['frames_per_s']:,.0f} | "
-            f"{r.get('speedup_vs_eager', float('nan')):.2f} | {r['peak_extra_mb']:.0f} | "
+            f"{1000 * r['time_s']:.2f} | {1000 * r.get('median_s', float('nan')):.2f} | "
+            f"{r['frames_per_s']:,.0f} | {r.get('speedup_vs_eager', float('nan')):.2f} | "
+            f"{r.get('speedup_vs_chunked', float('nan')):.2f} | {r['peak_extra_mb']:.1f} | "
             f"{100 * r['gemm_fraction']:.0f} % | {agree} |"
         )
     return "\n".join(lines) + "\n"
@@ -293,6 +313,10 @@ def main() -> None:
     parser.add_argument(
         "--processes", type=int, default=None, help="processes per case (default 2, quick 1)"
     )
+    parser.add_argument(
+        "--impls", help="comma-separated subset of eager,chunked,triton,compile,peer (default all)"
+    )
+    parser.add_argument("--workloads", help="comma-separated subset of labels,gumbel")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -307,9 +331,14 @@ def main() -> None:
         else platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        "triton": _version("triton"),
         "gemm_gflops": gemm_gflops(device),
     }
-    cases = plan(args.quick, device)
+    if device == "cuda":  # the eager reference's einsum and the GEMM rate: TF32 or not
+        machine["cuda_matmul_allow_tf32"] = torch.backends.cuda.matmul.allow_tf32
+    cases = plan(args.quick, device, args.impls.split(",") if args.impls else None)
+    if args.workloads:
+        cases = [c for c in cases if c["workload"] in args.workloads.split(",")]
     thp_settings = [False, True] if device == "cpu" else [False]
     results = []
     total = len(cases) * len(thp_settings)
@@ -329,14 +358,28 @@ def main() -> None:
         else:
             print(out["error"])
         results.append(row)
-    for row in results:  # ratios against the eager reference of the same case and THP
-        eager = next(
-            (r for r in results if r["impl"] == "eager" and "error" not in r
-             and all(r[k] == row[k] for k in ("workload", "N", "G", "thp"))),
-            None,
-        )  # fmt: skip
-        if eager and "error" not in row:
-            row["speedup_vs_eager"] = eager["time_s"] / row["time_s"]
+        report = write_report(args, machine, cases, results)  # after every case
+    print(f"\nWrote {args.out / 'quantizer.md'} and quantizer.json\n")
+    print(markdown(report))
+
+
+def _version(module: str) -> str | None:
+    try:
+        return __import__(module).__version__
+    except ImportError:
+        return None
+
+
+def write_report(args, machine: dict, cases: list[dict], results: list[dict]) -> dict:
+    for row in results:  # ratios against the eager / chunked run of the same case and THP
+        for base in ("eager", "chunked"):
+            ref = next(
+                (r for r in results if r["impl"] == base and "error" not in r
+                 and all(r[k] == row[k] for k in ("workload", "N", "G", "thp"))),
+                None,
+            )  # fmt: skip
+            if ref and "error" not in row:
+                row[f"speedup_vs_{base}"] = ref["time_s"] / row["time_s"]
     report = {
         "machine": machine,
         "quick": args.quick,
@@ -347,8 +390,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "quantizer.json").write_text(json.dumps(report, indent=2))
     (args.out / "quantizer.md").write_text(markdown(report))
-    print(f"\nWrote {args.out / 'quantizer.md'} and quantizer.json\n")
-    print(markdown(report))
+    return report
 
 
 if __name__ == "__main__":

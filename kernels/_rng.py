@@ -169,10 +169,14 @@ if triton is not None:
 
     @triton.jit
     def row_keys_tl(rows, g, G, key_row):
-        """Per-row keys; ``key_row`` is the i32 from `as_int32`."""
-        flat = rows.to(tl.uint32) * G.to(tl.uint32) + g.to(tl.uint32)
-        return hash32_tl(flat ^ key_row.to(tl.uint32, bitcast=True))
+        """Per-row keys; ``key_row`` is the i32 from `as_int32`.
+
+        tl.cast, not ``.to``: on a GPU, Triton specialises an int argument equal to 1
+        into a Python constant (G = 1, or a key of 1), which has no ``.to``.
+        """
+        flat = rows.to(tl.uint32) * tl.cast(G, tl.uint32) + g.to(tl.uint32)
+        return hash32_tl(flat ^ tl.cast(key_row, tl.uint32, bitcast=True))
 
     @triton.jit
     def col_keys_tl(cols, key_col):
-        return hash32_tl(cols.to(tl.uint32) ^ key_col.to(tl.uint32, bitcast=True))
+        return hash32_tl(cols.to(tl.uint32) ^ tl.cast(key_col, tl.uint32, bitcast=True))

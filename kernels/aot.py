@@ -95,9 +95,12 @@ class CompiledKernelInfo:
 
 def _resource_usage(cubin: bytes) -> tuple[int | None, int | None]:
     """(registers, local-memory bytes) from the wheel's cuobjdump, if it is there."""
-    from triton.backends.nvidia.compiler import get_ptxas
+    try:  # knobs, not get_ptxas(): Triton 3.6 made get_ptxas take the target arch
+        from triton import knobs
 
-    cuobjdump = Path(get_ptxas().path).with_name("cuobjdump")
+        cuobjdump = Path(knobs.nvidia.cuobjdump.path)
+    except (ImportError, AttributeError, RuntimeError):
+        return None, None
     if not cuobjdump.exists():
         return None, None
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
