@@ -8,9 +8,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.birq-installed
 DEB_PACKAGES := libsndfile1 espeak-ng flite sox wordnet-base
 QUICK ?=
-OUT ?= demo-out
 
-.PHONY: setup deb venv test test-fast lint demo bench clean
+.PHONY: setup deb venv test test-fast lint demo demo-steps bench clean
 
 setup: deb venv
 
@@ -45,26 +44,40 @@ test-fast: setup
 lint: setup
 	$(PY) -m ruff check birq_fs2 kernels tests benchmarks
 
-# The main job. Until CTC fine-tuning lands (issue 5), the real steps that exist: synthesise
-# the demo corpus (reused when already there), check it, measure the data pipeline,
-# pretrain BiRQ tiny on it (re-running resumes or reuses the finished run), export the
-# encoder as a fairseq2 card, plot the curves, and benchmark the quantizer kernels.
-CORPUS := $(OUT)/corpus$(if $(QUICK),-quick,)
-PRETRAIN := $(OUT)/pretrain$(if $(QUICK),-quick,)
-QUICK_STEPS := regime.num_steps=20 regime.validate_every_n_steps=10 regime.checkpoint_every_n_steps=10 lr_scheduler.config.num_warmup_steps=5
+# The main job: synthesise the demo corpus (train ~1 h; dev and test from held-out
+# speakers), check it, measure the data pipeline, pretrain BiRQ tiny, export the encoder,
+# fine-tune it with CTC next to a from-scratch baseline with the same budget, evaluate
+# both on the test speakers, and write $(OUT)/REPORT.md. QUICK=1 runs the same path on a
+# tiny corpus with a few steps (about 2 minutes) in demo-out-quick/. Re-running reuses
+# the corpus and the finished runs (an interrupted run resumes from its last checkpoint).
+OUT ?= $(if $(QUICK),demo-out-quick,demo-out)
+PRETRAIN_CFG := birq_fs2/recipes/pretrain/configs/tiny_cpu.yaml
+FINETUNE_CFG := birq_fs2/recipes/finetune/configs/tiny_cpu.yaml
+QUICK_PRETRAIN := regime.num_steps=20 regime.validate_every_n_steps=10 regime.checkpoint_every_n_steps=10 lr_scheduler.config.num_warmup_steps=5
+QUICK_FINETUNE := regime.num_steps=20 regime.validate_every_n_steps=10 regime.checkpoint_every_n_steps=10 pretrained.freeze_encoder_for_n_steps=5
+FINETUNE = $(PY) -m birq_fs2.recipes.finetune $(OUT)/finetune-$(1) --config-file $(FINETUNE_CFG) \
+	  --config dataset.config_overrides.path=$(OUT)/corpus $(2) $(if $(QUICK),$(QUICK_FINETUNE),)
 demo: setup
-	@test -f $(CORPUS)/SPEAKERS.TXT || $(PY) -m birq_fs2.cli.data synth $(CORPUS) --hours $(if $(QUICK),0.05,1) --seed 0
-	$(PY) -m birq_fs2.cli.data check $(CORPUS)
-	$(PY) benchmarks/data_pipeline.py --corpus $(CORPUS) --out $(OUT)/data_pipeline
-	$(PY) -m birq_fs2.recipes.pretrain $(PRETRAIN) --config-file birq_fs2/recipes/pretrain/configs/tiny_cpu.yaml \
-	  --config dataset.config_overrides.path=$(CORPUS) $(if $(QUICK),$(QUICK_STEPS),)
-	$(PY) -m birq_fs2.cli.export $(PRETRAIN) $(OUT)/encoder --name birq_demo_tiny
-	$(PY) -m birq_fs2.report $(PRETRAIN)
-	$(PY) benchmarks/quantizer.py --quick --out $(OUT)/quantizer
-	@echo "Reports: $(PRETRAIN)/report/REPORT.md $(OUT)/data_pipeline/data_pipeline.md $(OUT)/quantizer/quantizer.md"
+	@$(MAKE) --no-print-directory demo-steps
+
+# The steps alone (no setup): tests run them with PY=<their interpreter>.
+demo-steps:
+	@test -f $(OUT)/corpus/SPEAKERS.TXT || $(PY) -m birq_fs2.cli.data synth $(OUT)/corpus --hours $(if $(QUICK),0.05,1) --seed 0
+	$(PY) -m birq_fs2.cli.data check $(OUT)/corpus
+	$(PY) benchmarks/data_pipeline.py --corpus $(OUT)/corpus --out $(OUT)/data_pipeline
+	$(PY) -m birq_fs2.recipes.pretrain $(OUT)/pretrain --config-file $(PRETRAIN_CFG) \
+	  --config dataset.config_overrides.path=$(OUT)/corpus $(if $(QUICK),$(QUICK_PRETRAIN),)
+	$(PY) -m birq_fs2.cli.export $(OUT)/pretrain $(OUT)/encoder --name birq_demo_tiny
+	$(call FINETUNE,birq,pretrained.model=$(OUT)/encoder)
+	$(call FINETUNE,scratch,)
+	$(PY) -m birq_fs2.cli.export $(OUT)/finetune-birq $(OUT)/asr --name birq_demo_asr
+	$(PY) -m birq_fs2.cli.evaluate --model $(OUT)/asr --data $(OUT)/corpus --split test --out $(OUT)/eval/birq
+	$(PY) -m birq_fs2.cli.evaluate --model $(OUT)/finetune-scratch --data $(OUT)/corpus --split test --out $(OUT)/eval/scratch
+	$(PY) -m birq_fs2.demo_report $(OUT)
+	@echo "Report: $(OUT)/REPORT.md; fine-tuned model: $(OUT)/asr (birq-transcribe --model $(OUT)/asr FILE)"
 
 bench: setup
 	$(PY) benchmarks/quantizer.py --out benchmarks/results/quantizer
 
 clean:
-	rm -rf $(OUT) .pytest_cache
+	rm -rf demo-out demo-out-quick .pytest_cache

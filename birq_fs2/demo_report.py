@@ -1,0 +1,145 @@
+"""The demo's report: ``python -m birq_fs2.demo_report OUT`` writes OUT/REPORT.md and its
+plots from what ``make demo`` left in OUT (fairseq2's JSONL metrics of the runs, the
+``birq-evaluate`` summaries and hypotheses, the recipe configs the runs saved).
+
+    OUT/pretrain          BiRQ pretraining run        -> report/pretrain_curves.png
+    OUT/finetune-birq     CTC from the BiRQ encoder   -> report/finetune_curves.png
+    OUT/finetune-scratch  CTC from random weights (the baseline, same budget)
+    OUT/eval/{birq,scratch}/summary.json, hypotheses.tsv   (test speakers)
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+from birq_fs2.report import plot_curves, read_metrics
+
+FINETUNE_RUNS = (("birq", "finetune-birq", "BiRQ-pretrained encoder"),
+                 ("scratch", "finetune-scratch", "no pretraining (baseline)"))  # fmt: skip
+
+
+def _plot_finetune(runs: dict[str, tuple[list[dict], list[dict]]], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = (("CTC loss (bits/char, train)", "train", "CTC Loss"),
+              ("Validation WER (%)", "valid", "Word Error Rate (WER)"),
+              ("Validation CER (%)", "valid", "Character Error Rate (CER)"))  # fmt: skip
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
+    for ax, (title, split, key) in zip(axes, panels, strict=True):
+        for label, (train, valid) in runs.items():
+            rows = train if split == "train" else valid
+            points = [(r["Step"], r[key]) for r in rows if r.get(key) is not None]
+            if points:
+                xs, ys = zip(*points, strict=True)
+                ax.plot(xs, ys, "-" if split == "train" else "o-", label=label, markersize=3)
+        ax.set_title(title)
+        ax.set_xlabel("fine-tuning step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def _config_lines(run_dir: Path) -> list[str]:
+    config = run_dir / "config.yaml"
+    if not config.exists():
+        return []
+    import yaml
+
+    c = yaml.safe_load(config.read_text())
+    keep = {k: c.get(k) for k in ("model", "pretrained", "schedule", "optimizer", "lr_scheduler", "regime") if k in c}
+    return ["```yaml", yaml.safe_dump(keep, sort_keys=False).strip(), "```"]
+
+
+def write_demo_report(out: Path, num_examples: int = 6) -> Path:
+    out = Path(out)
+    report_dir = out / "report"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    lines = ["# birq-fs2 demo", ""]
+
+    summaries = {}
+    for key, _, _ in FINETUNE_RUNS:
+        f = out / "eval" / key / "summary.json"
+        if not f.exists():
+            raise FileNotFoundError(f"{f}: missing; run the evaluation step of `make demo` first.")
+        summaries[key] = json.loads(f.read_text())
+    birq, scratch = summaries["birq"], summaries["scratch"]
+    lines += [
+        "## Test WER / CER (held-out speakers, greedy CTC, jiwer)", "",
+        "| fine-tuned from | WER % | CER % | word errors / words | utterances |", "|---|---|---|---|---|",
+    ]  # fmt: skip
+    for key, _, label in FINETUNE_RUNS:
+        s = summaries[key]
+        lines.append(
+            f"| {label} | {s['wer']:.2f} | {s['cer']:.2f} | {s['word_errors']} / {s['ref_words']} | {s['num_utterances']} |"
+        )
+    lines += ["", f"Relative WER change from pretraining: {_relative(birq['wer'], scratch['wer'])}; "
+              f"CER: {_relative(birq['cer'], scratch['cer'])}. Both fine-tuning runs use the same "
+              "configuration and step budget; only the encoder's initial weights differ.", ""]  # fmt: skip
+
+    pretrain = out / "pretrain"
+    train, valid = read_metrics(pretrain / "metrics" / "train.jsonl"), read_metrics(
+        pretrain / "metrics" / "valid" / "valid.jsonl"
+    )
+    if train:
+        plot_curves(train, valid, report_dir / "pretrain_curves.png")
+        last = train[-1]
+        lines += ["## Pretraining (BiRQ tiny)", "", "![pretraining curves](report/pretrain_curves.png)", "",
+                  f"Step {last['Step']}: " + ", ".join(
+                      f"{k.lower()} {last[k]:.3f}" for k in ("Anchor Loss", "Enhanced Loss", "Anchor Accuracy",
+                      "Enhanced Code Perplexity", "Anchor/Enhanced Label NMI") if isinstance(last.get(k), float)
+                  ) + ".", ""]  # fmt: skip
+        lines += _config_lines(pretrain) + [""]
+
+    runs = {}
+    for key, folder, label in FINETUNE_RUNS:
+        run = out / folder
+        runs[label] = (read_metrics(run / "metrics" / "train.jsonl"),
+                       read_metrics(run / "metrics" / "valid" / "valid.jsonl"))  # fmt: skip
+    _plot_finetune(runs, report_dir / "finetune_curves.png")
+    lines += ["## CTC fine-tuning", "", "![fine-tuning curves](report/finetune_curves.png)", ""]
+    lines += _config_lines(out / "finetune-birq") + [""]
+
+    lines += ["## Example transcripts (test)", "", "| utterance | reference | BiRQ | baseline |", "|---|---|---|---|"]
+    hyps = {key: _read_hypotheses(out / "eval" / key / "hypotheses.tsv") for key, _, _ in FINETUNE_RUNS}
+    for utt in sorted(hyps["birq"])[:num_examples]:
+        ref, hyp = hyps["birq"][utt]
+        base = hyps["scratch"].get(utt, ("", ""))[1]
+        lines.append(f"| {utt} | {ref} | {hyp} | {base} |")
+    lines += ["", "The fine-tuned model is in `asr/`: `birq-transcribe --model " f"{out / 'asr'} FILE.wav`.", ""]
+    path = out / "REPORT.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def _relative(new: float, old: float) -> str:
+    return f"{100 * (new - old) / old:+.1f} %" if old else "n/a"
+
+
+def _read_hypotheses(path: Path) -> dict[str, tuple[str, str]]:
+    with path.open(encoding="utf-8") as f:
+        return {r["id"]: (r["reference"], r["hypothesis"]) for r in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m birq_fs2.demo_report", description=__doc__.split("\n")[0])
+    parser.add_argument("out", type=Path, help="the demo's output folder (demo-out)")
+    args = parser.parse_args(argv)
+    try:
+        print(write_demo_report(args.out))
+    except Exception as ex:  # noqa: BLE001
+        print(f"demo_report: error: {ex}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,221 @@
+"""CTC fine-tuning, decoding, scoring, evaluation and transcription end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jiwer
+import pytest
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+import yaml
+from fairseq2.nn import BatchLayout
+
+from birq_fs2.data.corpus import Utterance, load_split
+from birq_fs2.data.dataset import subset
+from birq_fs2.data.vocab import CharVocabulary, normalize_transcript
+from birq_fs2.models.asr import ctc_greedy_ids
+from birq_fs2.scoring import count_errors
+
+ROOT = Path(__file__).parents[1]
+PRETRAIN_PRESET = ROOT / "birq_fs2" / "recipes" / "pretrain" / "configs" / "tiny_cpu.yaml"
+FINETUNE_PRESET = ROOT / "birq_fs2" / "recipes" / "finetune" / "configs" / "tiny_cpu.yaml"
+FIXTURES = ROOT / "tests" / "fixtures" / "librispeech"
+ENV = {**os.environ, "FAIRSEQ2_NO_PROGRESS": "1"}
+
+
+def run(cmd: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=timeout)
+
+
+def finetune_cmd(out: Path, corpus: Path, *overrides: str) -> list[str]:
+    return [
+        sys.executable, "-m", "birq_fs2.recipes.finetune", str(out), "--config-file", str(FINETUNE_PRESET),
+        "--config", f"dataset.config_overrides.path={corpus}", "regime.num_steps=12",
+        "regime.publish_metrics_every_n_steps=2", "regime.checkpoint_every_n_steps=4",
+        "regime.validate_every_n_steps=4", "regime.keep_last_n_checkpoints=null",
+        "regime.keep_best_n_checkpoints=null", "pretrained.freeze_encoder_for_n_steps=4",
+        "optimizer.config.lr=0.003", "dataset.pipeline.max_frames_per_batch=6000", *overrides,
+    ]  # fmt: skip
+
+
+def metrics(run_dir: Path, split: str = "train") -> dict[int, dict]:
+    path = run_dir / "metrics" / ("train.jsonl" if split == "train" else "valid/valid.jsonl")
+    return {m["Step"]: m for m in map(json.loads, path.read_text().splitlines())}
+
+
+def shard(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
+    f = run_dir / "checkpoints" / f"step_{step}" / "model" / "pp_00" / "tp_00" / "sdp_00.pt"
+    return torch.load(f, map_location="cpu", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory, corpus) -> Path:
+    out = tmp_path_factory.mktemp("pretrain") / "run"
+    proc = run([
+        sys.executable, "-m", "birq_fs2.recipes.pretrain", str(out), "--config-file", str(PRETRAIN_PRESET),
+        "--config", f"dataset.config_overrides.path={corpus}", "regime.num_steps=4",
+        "regime.publish_metrics_every_n_steps=2", "regime.checkpoint_every_n_steps=4",
+        "regime.validate_every_n_steps=4", "lr_scheduler.config.num_warmup_steps=2",
+        "dataset.pipeline.max_frames=400", "dataset.pipeline.max_frames_per_batch=3200",
+    ])  # fmt: skip
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def finetuned(tmp_path_factory, corpus, pretrained) -> Path:
+    out = tmp_path_factory.mktemp("finetune") / "run"
+    proc = run(finetune_cmd(out, corpus, f"pretrained.model={pretrained}"))
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return out
+
+
+# ------------------------------------------------------------------- decoding, scoring
+
+
+def test_greedy_ctc_decoding_of_a_known_logit_sequence():
+    vocab = CharVocabulary.build([])
+    ids = {c: vocab.symbols.index(c) for c in "CAT|OD"}
+    blank = vocab.blank_idx
+    # Frame argmaxes: C C _ A A T | | D _ O O, then padding.
+    path0 = [ids["C"], ids["C"], blank, ids["A"], ids["A"], ids["T"], ids["|"], ids["|"], ids["D"],
+             blank, ids["O"], ids["O"]]  # fmt: skip
+    path1 = [ids["A"], blank, ids["A"], ids["T"]]  # a blank separates a doubled letter
+    logits = torch.randn(2, 14, len(vocab)) * 0.1
+    for row, path in enumerate((path0, path1)):
+        for t, i in enumerate(path):
+            logits[row, t, i] = 5.0
+    logits[1, len(path1) :, ids["C"]] = 9.0  # padding frames must not be decoded
+    layout = BatchLayout((2, 14), [len(path0), len(path1)])
+    texts = [vocab.decode(p) for p in ctc_greedy_ids(logits, layout)]
+    assert texts == ["CAT DO", "AAT"]  # repeats merge unless a blank separates them
+
+
+def test_error_rates_equal_jiwer_on_fixture_transcripts():
+    refs = [u.text for u in load_split(FIXTURES, "dev-tiny") if u.text]
+    assert len(refs) >= 4
+    hyps = ["the old dog followed a red boat!", "ANNA PAINTED GREEN BOOKS", "", refs[3] + " again"]
+    hyps += refs[4:]
+    counts = count_errors(refs, hyps)
+    norm_refs = [normalize_transcript(r) for r in refs]
+    norm_hyps = [normalize_transcript(h) for h in hyps]
+    assert counts.wer == pytest.approx(100 * jiwer.wer(norm_refs, norm_hyps))
+    assert counts.cer == pytest.approx(100 * jiwer.cer(norm_refs, norm_hyps))
+    assert counts.word_errors == 1 + 1 + 6 + 1 and count_errors(refs, refs).wer == 0.0
+
+
+def test_labelled_subset_is_fixed_by_seed_and_id():
+    utts = [Utterance(f"u{i}", Path(f"/x/u{i}.flac")) for i in range(400)]
+    half = subset(utts, 0.5, seed=1)
+    assert 150 < len(half) < 250
+    assert [u.id for u in subset(utts[::-1], 0.5, seed=1)] == [u.id for u in half][::-1]
+    assert [u.id for u in subset(utts[:100], 0.5, seed=1)] == [u.id for u in half if int(u.id[1:]) < 100]
+    assert {u.id for u in subset(utts, 0.5, seed=2)} != {u.id for u in half}
+
+
+# ---------------------------------------------------------------------- fine-tuning
+
+
+def test_finetuning_lowers_ctc_loss_from_a_frozen_then_trained_encoder(finetuned, pretrained):
+    train = metrics(finetuned)
+    assert train[12]["CTC Loss"] < train[2]["CTC Loss"] - 0.1
+    assert train[2]["Encoder Frozen"] == 1 and train[12]["Encoder Frozen"] == 0
+    valid = metrics(finetuned, "valid")
+    assert {4, 8, 12} <= set(valid) and 0 <= valid[12]["Character Error Rate (CER)"] <= 100
+    assert "Word Error Rate (WER)" in valid[12]
+    # The encoder starts as the pretrained one and stays so while frozen; then it trains.
+    source = shard(pretrained, 4)
+    frozen, trained = shard(finetuned, 4), shard(finetuned, 12)
+    encoder_keys = [k for k in source if k.startswith(("encoder.", "encoder_frontend."))]
+    assert len(encoder_keys) > 50
+    assert all(torch.equal(frozen[k], source[k]) for k in encoder_keys)
+    assert not all(torch.equal(trained[k], source[k]) for k in encoder_keys)
+    assert (finetuned / "dict.ltr.txt").exists()
+
+
+def test_a_mismatched_pretrained_encoder_is_named(tmp_path, corpus, pretrained):
+    proc = run(finetune_cmd(tmp_path / "run", corpus, f"pretrained.model={pretrained}",
+                            "model.config_overrides.encoder_config.num_encoder_layers=2"))  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and str(pretrained) in out and "does not fit" in out
+
+
+def test_export_evaluate_and_transcribe(tmp_path, finetuned, corpus, capsys):
+    from birq_fs2.cli.evaluate import main as evaluate_main
+    from birq_fs2.cli.export import export_checkpoint
+    from birq_fs2.cli.transcribe import main as transcribe_main
+    from birq_fs2.inference import Transcriber
+
+    card = export_checkpoint(finetuned, tmp_path / "asr", "birq_test_asr")
+    meta = yaml.safe_load(card.read_text())
+    assert meta["model_family"] == "wav2vec2_asr" and meta["vocabulary"] == "birq_test_asr.dict.ltr.txt"
+    best = max((float((finetuned / "checkpoints" / "scores" / f"step_{s}.txt").read_text()), s) for s in (4, 8, 12))[1]
+    assert meta["exported_from"].endswith(f"step_{best}")
+
+    # The exported card and the run directory give the same transcripts.
+    test_files = [str(u.path) for u in load_split(corpus, "test")][:4]
+    from_card = [t.text for t in Transcriber(str(tmp_path / "asr")).transcribe(test_files)]
+    from_run = [t.text for t in Transcriber(str(finetuned)).transcribe(test_files)]
+    assert from_card == from_run and all(t is not None for t in from_card)
+
+    # Evaluate on the fixture subset: bad files are named and skipped, the score is jiwer's.
+    out = tmp_path / "eval"
+    code = evaluate_main(["--model", str(tmp_path / "asr"), "--data", str(FIXTURES / "dev-tiny"), "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 1  # some files could not be scored
+    summary = json.loads((out / "summary.json").read_text())
+    problems = {Path(p["path"]).name: p["problem"] for p in summary["skipped"]}
+    assert "100-1000-0003.flac" in problems and "100-1000-0004.flac" in problems
+    assert "no transcript" in problems.values()
+    assert "100-1000-0003.flac" in captured.err and "Traceback" not in captured.err
+    rows = [line.split("\t") for line in (out / "hypotheses.tsv").read_text().splitlines()[1:]]
+    assert len(rows) == summary["num_utterances"] == 3
+    refs = [normalize_transcript(r[3]) for r in rows]
+    hyps = [normalize_transcript(r[4]) if len(r) > 4 else "" for r in rows]
+    assert summary["wer"] == pytest.approx(100 * jiwer.wer(refs, hyps), abs=0.01)
+    assert summary["cer"] == pytest.approx(100 * jiwer.cer(refs, hyps), abs=0.01)
+
+    # Transcribe: 16 kHz stereo == mono; 8 kHz stereo is resampled; a corrupt file is named.
+    mono, rate = sf.read(test_files[0], dtype="float32")
+    assert rate == 16_000
+    stereo16 = tmp_path / "stereo16.wav"
+    sf.write(stereo16, torch.tensor(mono)[:, None].repeat(1, 2).numpy(), 16_000)
+    stereo8 = tmp_path / "stereo8k.wav"
+    low = AF.resample(torch.tensor(mono), 16_000, 8_000)
+    sf.write(stereo8, torch.stack([low, 0.5 * low], dim=1).numpy(), 8_000)
+    broken = tmp_path / "broken.flac"
+    broken.write_bytes(b"fLaC" + bytes(100))
+    model = ["--model", str(tmp_path / "asr")]
+    assert transcribe_main([str(stereo16), *model]) == 0
+    assert capsys.readouterr().out.strip() == from_card[0]
+    assert Transcriber(str(tmp_path / "asr")).features(stereo8).shape[0] == pytest.approx(len(mono) / 160, abs=3)
+    code = transcribe_main([str(stereo8), str(broken), str(stereo16), *model])
+    captured = capsys.readouterr()
+    assert code == 1
+    lines = captured.out.strip().splitlines()
+    assert [line.split("\t")[0] for line in lines] == [str(stereo8), str(stereo16)]
+    assert lines[1].split("\t")[1] == from_card[0]
+    assert f"{broken}:" in captured.err and "Traceback" not in captured.err
+
+
+def test_model_errors_are_one_line(tmp_path, pretrained, capsys):
+    from birq_fs2.cli.evaluate import main as evaluate_main
+    from birq_fs2.cli.transcribe import main as transcribe_main
+
+    audio = next(FIXTURES.glob("dev-tiny/*/*/100-1000-0000.flac"))
+    cases = [
+        (transcribe_main, [str(audio), "--model", "no_such_model_card"], "no_such_model_card: no model card"),
+        (transcribe_main, [str(audio), "--model", str(pretrained)], "not a CTC model"),
+        (transcribe_main, [str(audio), "--model", str(tmp_path)], "expected one model card"),
+        (evaluate_main, ["--model", str(pretrained), "--data", str(FIXTURES / "dev-tiny")], "not a CTC model"),
+    ]
+    for main, argv, words in cases:
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert words in err and len(err.splitlines()) == 1 and "Traceback" not in err, err
