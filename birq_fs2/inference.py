@@ -34,8 +34,8 @@ class Transcript:
 
 
 class Transcriber:
-    """A CTC model and its vocabulary, loaded once; features exactly as in training
-    (same filterbank, per-utterance normalisation and dither, seeded by the file name)."""
+    """A CTC model and its vocabulary, loaded once; features as in training (same
+    filterbank, per-utterance normalisation and dither level)."""
 
     def __init__(
         self,
@@ -54,6 +54,11 @@ class Transcriber:
             )
         self.model = model
         self.vocabulary = self.source.vocabulary()
+        if model.final_proj.output_dim != len(self.vocabulary):
+            raise ModelSourceError(
+                f"{self.source.spec}: the CTC head has {model.final_proj.output_dim} outputs but its "
+                f"vocabulary {self.source.vocabulary_path} has {len(self.vocabulary)} symbols."
+            )
         pipeline = SpeechPipelineConfig()
         self._loader = AudioLoader()
         self._fbank = FbankExtractor(pipeline.num_mel_bins, pipeline.dither, pipeline.normalize)
@@ -61,7 +66,9 @@ class Transcriber:
 
     def features(self, path: str | Path) -> Tensor:
         waveform = self._loader(path).waveform
-        fbank = self._fbank(waveform, utterance_seed(0, Path(path).name, "dither"))
+        # One dither seed for every file: a file's transcript depends on its audio only,
+        # not on its name or on the other files of the call.
+        fbank = self._fbank(waveform, utterance_seed(0, "transcribe", "dither"))
         if fbank.shape[0] < _MIN_FRAMES:
             raise AudioError(
                 path, f"too short to transcribe ({fbank.shape[0]} frames of 10 ms)", "too_short"

@@ -33,9 +33,11 @@ class EncoderTransferError(ValueError):
     """A pretrained model whose encoder does not fit the CTC model being fine-tuned."""
 
 
-def asr_config_for(encoder_config: Wav2Vec2EncoderConfig, vocab_size: int = 32) -> Wav2Vec2AsrConfig:
-    """A CTC config around a BiRQ encoder: time masks of 5 frames (200 ms) on ~50 % of the
-    frames at most, channel masks of 16 of the model dimensions (SpecAugment-like)."""
+def asr_config_for(encoder_config: Wav2Vec2EncoderConfig, vocab_size: int = 30) -> Wav2Vec2AsrConfig:
+    """A CTC config around a BiRQ encoder: one output per symbol of the character
+    vocabulary (blank, pad, A-Z, apostrophe, word boundary: 30), time masks of 5 frames
+    (200 ms) on at most ~50 % of the frames, channel masks of 16 model dimensions
+    (SpecAugment-like)."""
     return Wav2Vec2AsrConfig(
         encoder_config=replace(encoder_config),
         target_vocab_size=vocab_size,

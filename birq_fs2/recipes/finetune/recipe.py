@@ -25,6 +25,7 @@ from fairseq2.task import Task
 from fairseq2.trainer import TrainUnit
 from torch import Tensor
 from torch.nn import Module
+from torch.nn.modules.batchnorm import _BatchNorm
 from typing_extensions import override
 
 from birq_fs2.data.dataset import AsrDataset
@@ -79,7 +80,7 @@ class BirqFinetuneRecipe(Recipe):
         ds = config.dataset
         vocab = dataset.vocabulary
         num_outputs = model.final_proj.output_dim
-        if num_outputs < len(vocab):
+        if num_outputs != len(vocab):
             raise ValueError(
                 f"The model's CTC head has {num_outputs} outputs but the vocabulary of {dataset.path} has "
                 f"{len(vocab)} symbols: set model.config_overrides.target_vocab_size={len(vocab)}."
@@ -149,6 +150,13 @@ class CtcTrainUnit(TrainUnit[Seq2SeqBatch]):
     def set_step_nr(self, step_nr: int) -> None:
         self._step_nr = step_nr
         frozen = step_nr <= self._freeze_for_n_steps
+        if frozen:
+            # Frozen means unchanged: the conformer's batch-norm statistics too. Each
+            # step, since the trainer puts the whole model back in train mode after
+            # validation.
+            for module in self._model.encoder.modules():
+                if isinstance(module, _BatchNorm):
+                    module.eval()
         if frozen != self._frozen:
             # The front end's projection and the conformer train with the head after
             # the freeze; the fbank stacking has no parameters.
@@ -161,7 +169,6 @@ class CtcTrainUnit(TrainUnit[Seq2SeqBatch]):
     @override
     def prepare_metric_bag(self, metric_bag: MetricBag) -> None:
         metric_bag.add("ctc_loss", Mean())
-        metric_bag.add("encoder_frozen", Mean())
         metric_bag.add("num_examples", Sum())
         metric_bag.add("num_target_elements", Sum())
 
@@ -177,7 +184,6 @@ class CtcTrainUnit(TrainUnit[Seq2SeqBatch]):
             )
         n, chars = batch.num_examples, batch.num_target_elements
         metric_bag.get("ctc_loss", Mean).update(loss.detach() / chars / math.log(2), weight=chars)
-        metric_bag.get("encoder_frozen", Mean).update(torch.tensor(float(bool(self._frozen))))
         metric_bag.get("num_examples", Sum).update(torch.tensor(n))
         metric_bag.get("num_target_elements", Sum).update(torch.tensor(chars))
         # Summed over utterances; the trainer divides by the step's utterance count.
@@ -186,6 +192,8 @@ class CtcTrainUnit(TrainUnit[Seq2SeqBatch]):
     @override
     def process_metric_values(self, values: dict[str, Any]) -> None:
         values["skipped_utterances"] = self._stats.num_skipped
+        # Not a Mean: torcheval warns on every publish when a Mean's sum is 0.
+        values["encoder_frozen"] = int(bool(self._frozen))
 
 
 @final
