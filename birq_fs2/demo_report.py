@@ -55,7 +55,11 @@ def _config_lines(run_dir: Path) -> list[str]:
     import yaml
 
     c = yaml.safe_load(config.read_text())
-    keep = {k: c.get(k) for k in ("model", "pretrained", "schedule", "optimizer", "lr_scheduler", "regime") if k in c}
+    keep = {
+        k: c.get(k)
+        for k in ("model", "pretrained", "schedule", "optimizer", "lr_scheduler", "regime")
+        if k in c
+    }
     return ["```yaml", yaml.safe_dump(keep, sort_keys=False).strip(), "```"]
 
 
@@ -86,8 +90,9 @@ def write_demo_report(out: Path, num_examples: int = 6) -> Path:
               "configuration and step budget; only the encoder's initial weights differ.", ""]  # fmt: skip
 
     pretrain = out / "pretrain"
-    train, valid = read_metrics(pretrain / "metrics" / "train.jsonl"), read_metrics(
-        pretrain / "metrics" / "valid" / "valid.jsonl"
+    train, valid = (
+        read_metrics(pretrain / "metrics" / "train.jsonl"),
+        read_metrics(pretrain / "metrics" / "valid" / "valid.jsonl"),
     )
     if train:
         plot_curves(train, valid, report_dir / "pretrain_curves.png")
@@ -100,7 +105,7 @@ def write_demo_report(out: Path, num_examples: int = 6) -> Path:
         lines += _config_lines(pretrain) + [""]
 
     runs = {}
-    for key, folder, label in FINETUNE_RUNS:
+    for _, folder, label in FINETUNE_RUNS:
         run = out / folder
         runs[label] = (read_metrics(run / "metrics" / "train.jsonl"),
                        read_metrics(run / "metrics" / "valid" / "valid.jsonl"))  # fmt: skip
@@ -108,13 +113,24 @@ def write_demo_report(out: Path, num_examples: int = 6) -> Path:
     lines += ["## CTC fine-tuning", "", "![fine-tuning curves](report/finetune_curves.png)", ""]
     lines += _config_lines(out / "finetune-birq") + [""]
 
-    lines += ["## Example transcripts (test)", "", "| utterance | reference | BiRQ | baseline |", "|---|---|---|---|"]
-    hyps = {key: _read_hypotheses(out / "eval" / key / "hypotheses.tsv") for key, _, _ in FINETUNE_RUNS}
+    lines += [
+        "## Example transcripts (test)",
+        "",
+        "| utterance | reference | BiRQ | baseline |",
+        "|---|---|---|---|",
+    ]
+    hyps = {
+        key: _read_hypotheses(out / "eval" / key / "hypotheses.tsv") for key, _, _ in FINETUNE_RUNS
+    }
     for utt in sorted(hyps["birq"])[:num_examples]:
         ref, hyp = hyps["birq"][utt]
         base = hyps["scratch"].get(utt, ("", ""))[1]
         lines.append(f"| {utt} | {ref} | {hyp} | {base} |")
-    lines += ["", "The fine-tuned model is in `asr/`: `birq-transcribe --model " f"{out / 'asr'} FILE.wav`.", ""]
+    lines += [
+        "",
+        f"The fine-tuned model is in `asr/`: `birq-transcribe --model {out / 'asr'} FILE.wav`.",
+        "",
+    ]
     path = out / "REPORT.md"
     path.write_text("\n".join(lines))
     return path
@@ -126,11 +142,16 @@ def _relative(new: float, old: float) -> str:
 
 def _read_hypotheses(path: Path) -> dict[str, tuple[str, str]]:
     with path.open(encoding="utf-8") as f:
-        return {r["id"]: (r["reference"], r["hypothesis"]) for r in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)}
+        return {
+            r["id"]: (r["reference"], r["hypothesis"])
+            for r in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        }
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m birq_fs2.demo_report", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m birq_fs2.demo_report", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("out", type=Path, help="the demo's output folder (demo-out)")
     args = parser.parse_args(argv)
     try:

@@ -23,8 +23,13 @@ def test_quick_demo_writes_its_report_and_a_usable_model(tmp_path):
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
 
     report = (out / "REPORT.md").read_text()
-    summaries = {k: json.loads((out / "eval" / k / "summary.json").read_text()) for k in ("birq", "scratch")}
-    for key, label in (("birq", "BiRQ-pretrained encoder"), ("scratch", "no pretraining (baseline)")):
+    summaries = {
+        k: json.loads((out / "eval" / k / "summary.json").read_text()) for k in ("birq", "scratch")
+    }
+    for key, label in (
+        ("birq", "BiRQ-pretrained encoder"),
+        ("scratch", "no pretraining (baseline)"),
+    ):
         s = summaries[key]
         assert 0 <= s["wer"] and s["num_utterances"] > 0
         assert f"| {label} | {s['wer']:.2f} | {s['cer']:.2f} |" in report

@@ -115,7 +115,9 @@ def test_labelled_subset_is_fixed_by_seed_and_id():
     half = subset(utts, 0.5, seed=1)
     assert 150 < len(half) < 250
     assert [u.id for u in subset(utts[::-1], 0.5, seed=1)] == [u.id for u in half][::-1]
-    assert [u.id for u in subset(utts[:100], 0.5, seed=1)] == [u.id for u in half if int(u.id[1:]) < 100]
+    assert [u.id for u in subset(utts[:100], 0.5, seed=1)] == [
+        u.id for u in half if int(u.id[1:]) < 100
+    ]
     assert {u.id for u in subset(utts, 0.5, seed=2)} != {u.id for u in half}
 
 
@@ -154,8 +156,14 @@ def test_export_evaluate_and_transcribe(tmp_path, finetuned, corpus, capsys):
 
     card = export_checkpoint(finetuned, tmp_path / "asr", "birq_test_asr")
     meta = yaml.safe_load(card.read_text())
-    assert meta["model_family"] == "wav2vec2_asr" and meta["vocabulary"] == "birq_test_asr.dict.ltr.txt"
-    best = max((float((finetuned / "checkpoints" / "scores" / f"step_{s}.txt").read_text()), s) for s in (4, 8, 12))[1]
+    assert (
+        meta["model_family"] == "wav2vec2_asr"
+        and meta["vocabulary"] == "birq_test_asr.dict.ltr.txt"
+    )
+    best = max(
+        (float((finetuned / "checkpoints" / "scores" / f"step_{s}.txt").read_text()), s)
+        for s in (4, 8, 12)
+    )[1]
     assert meta["exported_from"].endswith(f"step_{best}")
 
     # The exported card and the run directory give the same transcripts.
@@ -166,7 +174,9 @@ def test_export_evaluate_and_transcribe(tmp_path, finetuned, corpus, capsys):
 
     # Evaluate on the fixture subset: bad files are named and skipped, the score is jiwer's.
     out = tmp_path / "eval"
-    code = evaluate_main(["--model", str(tmp_path / "asr"), "--data", str(FIXTURES / "dev-tiny"), "--out", str(out)])
+    code = evaluate_main(
+        ["--model", str(tmp_path / "asr"), "--data", str(FIXTURES / "dev-tiny"), "--out", str(out)]
+    )
     captured = capsys.readouterr()
     assert code == 1  # some files could not be scored
     summary = json.loads((out / "summary.json").read_text())
@@ -194,7 +204,9 @@ def test_export_evaluate_and_transcribe(tmp_path, finetuned, corpus, capsys):
     model = ["--model", str(tmp_path / "asr")]
     assert transcribe_main([str(stereo16), *model]) == 0
     assert capsys.readouterr().out.strip() == from_card[0]
-    assert Transcriber(str(tmp_path / "asr")).features(stereo8).shape[0] == pytest.approx(len(mono) / 160, abs=3)
+    assert Transcriber(str(tmp_path / "asr")).features(stereo8).shape[0] == pytest.approx(
+        len(mono) / 160, abs=3
+    )
     code = transcribe_main([str(stereo8), str(broken), str(stereo16), *model])
     captured = capsys.readouterr()
     assert code == 1
@@ -210,10 +222,18 @@ def test_model_errors_are_one_line(tmp_path, pretrained, capsys):
 
     audio = next(FIXTURES.glob("dev-tiny/*/*/100-1000-0000.flac"))
     cases = [
-        (transcribe_main, [str(audio), "--model", "no_such_model_card"], "no_such_model_card: no model card"),
+        (
+            transcribe_main,
+            [str(audio), "--model", "no_such_model_card"],
+            "no_such_model_card: no model card",
+        ),
         (transcribe_main, [str(audio), "--model", str(pretrained)], "not a CTC model"),
         (transcribe_main, [str(audio), "--model", str(tmp_path)], "expected one model card"),
-        (evaluate_main, ["--model", str(pretrained), "--data", str(FIXTURES / "dev-tiny")], "not a CTC model"),
+        (
+            evaluate_main,
+            ["--model", str(pretrained), "--data", str(FIXTURES / "dev-tiny")],
+            "not a CTC model",
+        ),
     ]
     for main, argv, words in cases:
         assert main(argv) == 2

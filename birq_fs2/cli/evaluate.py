@@ -18,7 +18,13 @@ from pathlib import Path
 
 import torch
 
-from birq_fs2.data.corpus import CorpusError, Utterance, is_librispeech_subset, load_split, scan_librispeech
+from birq_fs2.data.corpus import (
+    CorpusError,
+    Utterance,
+    is_librispeech_subset,
+    load_split,
+    scan_librispeech,
+)
 
 
 def resolve_split(data: Path, split: str | None) -> tuple[str, list[Utterance]]:
@@ -92,8 +98,12 @@ def evaluate(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="birq-evaluate", description=__doc__.split("\n")[0])
-    parser.add_argument("--model", required=True, help="asset card, birq-export or birq-finetune folder")
-    parser.add_argument("--data", required=True, type=Path, help="manifest dir, LibriSpeech root or subset")
+    parser.add_argument(
+        "--model", required=True, help="asset card, birq-export or birq-finetune folder"
+    )
+    parser.add_argument(
+        "--data", required=True, type=Path, help="manifest dir, LibriSpeech root or subset"
+    )
     parser.add_argument("--split", help="split to score (needed when the data has several)")
     parser.add_argument("--out", type=Path, help="output folder (default: birq-eval/<split>)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -103,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out
         if out is None:
             out = Path("birq-eval") / (args.split or args.data.name)
-        summary, num_problems = evaluate(args.model, args.data, args.split, out, torch.device(args.device))
+        summary, num_problems = evaluate(
+            args.model, args.data, args.split, out, torch.device(args.device)
+        )
     except Exception as ex:  # noqa: BLE001 - one line for users; --debug for the traceback
         if args.debug:
             raise
@@ -111,7 +123,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for p in summary["skipped"]:
         print(f"birq-evaluate: skipped {p['path']}: {p['problem']}", file=sys.stderr)
-    print(json.dumps({k: v for k, v in summary.items() if k != "skipped"} | {"skipped": len(summary["skipped"])}))
+    print(
+        json.dumps(
+            {k: v for k, v in summary.items() if k != "skipped"}
+            | {"skipped": len(summary["skipped"])}
+        )
+    )
     print(f"birq-evaluate: {out / 'hypotheses.tsv'}, {out / 'summary.json'}", file=sys.stderr)
     return 1 if num_problems else 0
 

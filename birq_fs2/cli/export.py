@@ -75,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dir", type=Path, help="a birq-pretrain or birq-finetune OUTPUT_DIR")
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--name", required=True, help="asset card name")
-    parser.add_argument("--step", type=int, help="checkpoint step (default: best by WER, else last)")
+    parser.add_argument(
+        "--step", type=int, help="checkpoint step (default: best by WER, else last)"
+    )
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
     try:

@@ -16,7 +16,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="birq-transcribe", description=__doc__.split("\n")[0])
     parser.add_argument("files", nargs="+", type=Path, metavar="FILE")
     parser.add_argument(
-        "--model", required=True, help="fine-tuned model: asset card, birq-export or birq-finetune folder"
+        "--model",
+        required=True,
+        help="fine-tuned model: asset card, birq-export or birq-finetune folder",
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")

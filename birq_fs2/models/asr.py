@@ -33,7 +33,9 @@ class EncoderTransferError(ValueError):
     """A pretrained model whose encoder does not fit the CTC model being fine-tuned."""
 
 
-def asr_config_for(encoder_config: Wav2Vec2EncoderConfig, vocab_size: int = 30) -> Wav2Vec2AsrConfig:
+def asr_config_for(
+    encoder_config: Wav2Vec2EncoderConfig, vocab_size: int = 30
+) -> Wav2Vec2AsrConfig:
     """A CTC config around a BiRQ encoder: one output per symbol of the character
     vocabulary (blank, pad, A-Z, apostrophe, word boundary: 30), time masks of 5 frames
     (200 ms) on at most ~50 % of the frames, channel masks of 16 model dimensions
@@ -89,7 +91,9 @@ def transfer_encoder(pretrained: Module, asr_model: Module, source: str) -> int:
         src_state, dst_state = src.state_dict(), dst.state_dict()
         missing = sorted(set(dst_state) - set(src_state))
         unexpected = sorted(set(src_state) - set(dst_state))
-        wrong = [k for k in dst_state if k in src_state and src_state[k].shape != dst_state[k].shape]
+        wrong = [
+            k for k in dst_state if k in src_state and src_state[k].shape != dst_state[k].shape
+        ]
         if missing or unexpected or wrong:
             detail = "; ".join(
                 f"{what}: {', '.join(keys[:3])}{'...' if len(keys) > 3 else ''}"

@@ -46,7 +46,9 @@ class ModelSource:
     vocabulary_path: Path | None
     step: int | None = None
 
-    def load(self, *, device: torch.device | None = None, dtype: torch.dtype | None = None) -> Module:
+    def load(
+        self, *, device: torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> Module:
         try:
             model = load_model(self.card, device=device or torch.device("cpu"), dtype=dtype)
         except Exception as ex:  # noqa: BLE001 - fairseq2 raises several kinds
@@ -95,7 +97,9 @@ def run_checkpoint(run_dir: Path, step: int | None = None) -> tuple[int, Path]:
         )
     shard = run_dir / "checkpoints" / f"step_{step}" / "model" / "pp_00" / "tp_00" / "sdp_00.pt"
     if not shard.exists():
-        raise ModelSourceError(f"{shard}: missing (only single-shard checkpoints are supported so far).")
+        raise ModelSourceError(
+            f"{shard}: missing (only single-shard checkpoints are supported so far)."
+        )
     return step, shard
 
 

@@ -41,7 +41,9 @@ class FinetuneDatasetSection(DatasetSection):
     fine-tune on the same utterances."""
     pipeline: SpeechPipelineConfig = field(
         # Over-long utterances are skipped, not cropped: a crop would cut the transcript.
-        default_factory=lambda: SpeechPipelineConfig(min_frames=100, max_frames=3500, max_frames_per_batch=35_000)
+        default_factory=lambda: SpeechPipelineConfig(
+            min_frames=100, max_frames=3500, max_frames_per_batch=35_000
+        )
     )
 
     def validate(self) -> ValidationResult:
@@ -93,7 +95,8 @@ class BirqFinetuneConfig:
     )
     lr_scheduler: LRSchedulerSection = field(
         default_factory=lambda: LRSchedulerSection(
-            name=TRI_STAGE_LR, config=TriStageLRConfig(stage_ratio=(0.1, 0.4, 0.5), final_lr_scale=0.05)
+            name=TRI_STAGE_LR,
+            config=TriStageLRConfig(stage_ratio=(0.1, 0.4, 0.5), final_lr_scale=0.05),
         )
     )
     regime: RegimeSection = field(

@@ -61,7 +61,9 @@ class BirqFinetuneRecipe(Recipe):
         if not newly_initialized:
             return model  # resumed: the checkpoint holds the fine-tuned weights
         if source is None:
-            log.info("birq-finetune: no pretrained encoder; training from random weights (baseline).")
+            log.info(
+                "birq-finetune: no pretrained encoder; training from random weights (baseline)."
+            )
             return model
         pretrained_source = resolve_model(source, step=config.pretrained.step)
         pretrained = pretrained_source.load(device=torch.device("cpu"))
@@ -103,8 +105,12 @@ class BirqFinetuneRecipe(Recipe):
             valid_units.append(CtcEvalUnit(dp_model, vocab))
             valid_readers.append(
                 dataset.create_reader(
-                    ds.valid_split, context.gangs, ds.pipeline, seed=config.common.seed + 1,
-                    shuffle=False, sync_mode=SyncMode.UNTIL_LAST,
+                    ds.valid_split,
+                    context.gangs,
+                    ds.pipeline,
+                    seed=config.common.seed + 1,
+                    shuffle=False,
+                    sync_mode=SyncMode.UNTIL_LAST,
                 )  # fmt: skip
             )
         return context.create_trainer(unit, train_reader, valid_units, valid_readers)
@@ -224,7 +230,10 @@ class CtcEvalUnit(EvalUnit[Seq2SeqBatch]):
         metric_bag.get("ctc_loss", Mean).update(loss.detach() / chars / math.log(2), weight=chars)
         hyps = [self._vocab.decode(ids) for ids in ctc_greedy_ids(logits, out_layout)]
         target_lens = targets_layout.seq_lens if targets_layout.padded else [targets.shape[1]] * n
-        refs = [self._vocab.decode(row[:k].tolist()) for row, k in zip(targets, target_lens, strict=True)]
+        refs = [
+            self._vocab.decode(row[:k].tolist())
+            for row, k in zip(targets, target_lens, strict=True)
+        ]
         counts = count_errors(refs, hyps)
         for name in _COUNTS:
             metric_bag.get(name, Sum).update(torch.tensor(getattr(counts, name)))
