@@ -89,6 +89,9 @@ def write_demo_report(out: Path, num_examples: int = 6) -> Path:
               f"CER: {_relative(birq['cer'], scratch['cer'])}. Both fine-tuning runs use the same "
               "configuration and step budget; only the encoder's initial weights differ.", ""]  # fmt: skip
 
+    lines += _data_lines(out / "corpus" / "SPEAKERS.TXT")
+    lines += _runs_lines(out)
+
     pretrain = out / "pretrain"
     train, valid = (
         read_metrics(pretrain / "metrics" / "train.jsonl"),
@@ -134,6 +137,34 @@ def write_demo_report(out: Path, num_examples: int = 6) -> Path:
     path = out / "REPORT.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def _data_lines(speakers_file: Path) -> list[str]:
+    """Speakers and minutes per subset, from the corpus's SPEAKERS.TXT."""
+    if not speakers_file.exists():
+        return []
+    per_subset: dict[str, list[float]] = {}
+    for line in speakers_file.read_text().splitlines():
+        if line.startswith(";") or not line.strip():
+            continue
+        fields = [f.strip() for f in line.split("|")]
+        per_subset.setdefault(fields[2], []).append(float(fields[3]))
+    cells = [f"{name}: {len(m)} speakers, {sum(m):.0f} min" for name, m in sorted(per_subset.items())]
+    return ["## Data", "", f"Synthetic corpus `{speakers_file.parent}` (disjoint speakers): " + "; ".join(cells) + ".", ""]
+
+
+def _runs_lines(out: Path) -> list[str]:
+    """Steps and wall time of each run, from its last training metrics."""
+    rows = []
+    for folder in ("pretrain", "finetune-birq", "finetune-scratch"):
+        train = read_metrics(out / folder / "metrics" / "train.jsonl")
+        if train:
+            last = train[-1]
+            wall = last.get("Wall Time") or last.get("Total Time") or 0.0
+            rows.append(f"| `{folder}` | {last['Step']} | {wall / 60:.1f} |")
+    if not rows:
+        return []
+    return ["| run | steps | wall time (min) |", "|---|---|---|", *rows, ""]
 
 
 def _relative(new: float, old: float) -> str:
