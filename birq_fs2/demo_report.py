@@ -149,8 +149,15 @@ def _data_lines(speakers_file: Path) -> list[str]:
             continue
         fields = [f.strip() for f in line.split("|")]
         per_subset.setdefault(fields[2], []).append(float(fields[3]))
-    cells = [f"{name}: {len(m)} speakers, {sum(m):.0f} min" for name, m in sorted(per_subset.items())]
-    return ["## Data", "", f"Synthetic corpus `{speakers_file.parent}` (disjoint speakers): " + "; ".join(cells) + ".", ""]
+    cells = [
+        f"{name}: {len(m)} speakers, {sum(m):.0f} min" for name, m in sorted(per_subset.items())
+    ]
+    return [
+        "## Data",
+        "",
+        f"Synthetic corpus `{speakers_file.parent}` (disjoint speakers): " + "; ".join(cells) + ".",
+        "",
+    ]
 
 
 def _runs_lines(out: Path) -> list[str]:

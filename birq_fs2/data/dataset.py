@@ -81,6 +81,14 @@ class SpeechDataset:
             num_accumulate=num_accumulate, sync_mode=sync_mode, vocab=self._vocab(), repeat=repeat,
         )  # fmt: skip
 
+    def create_eval_reader(
+        self, split: str, gangs: Gangs, config: SpeechPipelineConfig, *, seed: int
+    ) -> DataPipelineReader:
+        """Every utterance once, in order; ranks keep reading until the last one is done."""
+        return self.create_reader(
+            split, gangs, config, seed=seed, shuffle=False, sync_mode=SyncMode.UNTIL_LAST
+        )
+
     def _vocab(self) -> CharVocabulary | None:
         return None
 

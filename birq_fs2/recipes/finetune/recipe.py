@@ -12,7 +12,7 @@ import math
 from typing import Any, final
 
 import torch
-from fairseq2.datasets import Seq2SeqBatch, SyncMode
+from fairseq2.datasets import Seq2SeqBatch
 from fairseq2.evaluator import EvalUnit
 from fairseq2.logging import log
 from fairseq2.metrics import Mean, MetricBag, Sum
@@ -104,14 +104,9 @@ class BirqFinetuneRecipe(Recipe):
         if ds.valid_split is not None:
             valid_units.append(CtcEvalUnit(dp_model, vocab))
             valid_readers.append(
-                dataset.create_reader(
-                    ds.valid_split,
-                    context.gangs,
-                    ds.pipeline,
-                    seed=config.common.seed + 1,
-                    shuffle=False,
-                    sync_mode=SyncMode.UNTIL_LAST,
-                )  # fmt: skip
+                dataset.create_eval_reader(
+                    ds.valid_split, context.gangs, ds.pipeline, seed=config.common.seed + 1
+                )
             )
         return context.create_trainer(unit, train_reader, valid_units, valid_readers)
 

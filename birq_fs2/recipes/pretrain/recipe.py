@@ -7,7 +7,7 @@ import math
 from typing import Any, final
 
 import torch
-from fairseq2.datasets import SequenceBatch, SyncMode
+from fairseq2.datasets import SequenceBatch
 from fairseq2.evaluator import EvalUnit
 from fairseq2.logging import log
 from fairseq2.metrics import Mean, MetricBag, Sum
@@ -82,14 +82,9 @@ class BirqPretrainRecipe(Recipe):
         if ds.valid_split is not None:
             valid_units.append(BirqEvalUnit(dp_model, model, schedule))
             valid_readers.append(
-                dataset.create_reader(
-                    ds.valid_split,
-                    context.gangs,
-                    ds.pipeline,
-                    seed=config.common.seed + 1,
-                    shuffle=False,
-                    sync_mode=SyncMode.UNTIL_LAST,
-                )  # fmt: skip
+                dataset.create_eval_reader(
+                    ds.valid_split, context.gangs, ds.pipeline, seed=config.common.seed + 1
+                )
             )
         return context.create_trainer(unit, train_reader, valid_units, valid_readers)
 
