@@ -141,11 +141,21 @@ def test_finetuning_lowers_ctc_loss_from_a_frozen_then_trained_encoder(finetuned
     assert (finetuned / "dict.ltr.txt").exists()
 
 
-def test_a_mismatched_pretrained_encoder_is_named(tmp_path, corpus, pretrained):
-    proc = run(finetune_cmd(tmp_path / "run", corpus, f"pretrained.model={pretrained}",
-                            "model.config_overrides.encoder_config.num_encoder_layers=2"))  # fmt: skip
+@pytest.mark.parametrize("case", ["mismatch", "missing"])
+def test_a_bad_pretrained_encoder_is_one_error_line(tmp_path, corpus, pretrained, case):
+    if case == "mismatch":
+        overrides = [
+            f"pretrained.model={pretrained}",
+            "model.config_overrides.encoder_config.num_encoder_layers=2",
+        ]
+        words = [str(pretrained), "does not fit"]
+    else:
+        overrides = ["pretrained.model=no_such_card"]
+        words = ["no_such_card: no model card of that name"]
+    proc = run(finetune_cmd(tmp_path / "run", corpus, *overrides))
     out = proc.stdout + proc.stderr
-    assert proc.returncode != 0 and str(pretrained) in out and "does not fit" in out
+    assert proc.returncode == 2, out[-3000:]
+    assert all(w in out for w in words) and "Traceback" not in out, out[-3000:]
 
 
 def test_export_evaluate_and_transcribe(tmp_path, finetuned, corpus, capsys):

@@ -33,6 +33,7 @@ from birq_fs2.data.pipeline import DataStats
 from birq_fs2.data.vocab import CharVocabulary
 from birq_fs2.models.asr import ctc_greedy_ids, transfer_encoder
 from birq_fs2.models.hub import VOCABULARY_FILE, resolve_model
+from birq_fs2.recipes.errors import RunSetupError, register_birq_cli_errors
 from birq_fs2.scoring import count_errors
 
 from .config import BirqFinetuneConfig
@@ -49,6 +50,7 @@ _COUNTS = ("word_errors", "ref_words", "char_errors", "ref_chars")
 class BirqFinetuneRecipe(Recipe):
     @override
     def register(self, container: DependencyContainer) -> None:
+        register_birq_cli_errors(container)
         for name, display, prio, fmt in _DESCRIPTORS:
             container.collection.register_instance(
                 MetricDescriptor, MetricDescriptor(name, display, prio, fmt)
@@ -83,7 +85,7 @@ class BirqFinetuneRecipe(Recipe):
         vocab = dataset.vocabulary
         num_outputs = model.final_proj.output_dim
         if num_outputs != len(vocab):
-            raise ValueError(
+            raise RunSetupError(
                 f"The model's CTC head has {num_outputs} outputs but the vocabulary of {dataset.path} has "
                 f"{len(vocab)} symbols: set model.config_overrides.target_vocab_size={len(vocab)}."
             )
@@ -128,7 +130,7 @@ def _save_vocabulary(vocab: CharVocabulary, context: RecipeContext, data_path: o
     if path.exists():
         saved = CharVocabulary.load(path)
         if saved != vocab:
-            raise ValueError(
+            raise RunSetupError(
                 f"{path}: this run was trained with a different character vocabulary than "
                 f"{data_path}'s ({len(saved)} vs {len(vocab)} symbols); use a new output directory."
             )

@@ -24,6 +24,7 @@ from typing_extensions import override
 from birq_fs2.data.dataset import SpeechDataset
 from birq_fs2.data.pipeline import DataStats
 from birq_fs2.models.model import BirqModel, BirqOutput, BirqStep
+from birq_fs2.recipes.errors import register_birq_cli_errors
 from birq_fs2.seeds import derive_seed
 
 from .config import BirqPretrainConfig, BirqScheduleSection
@@ -51,6 +52,7 @@ _DESCRIPTORS = [
 class BirqPretrainRecipe(Recipe):
     @override
     def register(self, container: DependencyContainer) -> None:
+        register_birq_cli_errors(container)
         for name, display, prio, fmt in _DESCRIPTORS:
             container.collection.register_instance(
                 MetricDescriptor, MetricDescriptor(name, display, prio, fmt)
