@@ -227,9 +227,9 @@ class BirqTrainUnit(TrainUnit[SequenceBatch]):
         out: BirqOutput = self._dp_model(seqs, layout, self._step)
         if not torch.isfinite(out.loss):
             # Stop at once: a NaN step would poison every later checkpoint.
-            enhanced = "off" if out.enhanced_loss is None else f"{float(out.enhanced_loss):.4g}"
+            enhanced = "off" if out.enhanced_loss is None else f"{out.enhanced_loss.item():.4g}"
             raise FloatingPointError(
-                f"Non-finite loss at step {self._step_nr} (anchor {float(out.anchor_loss):.4g}, enhanced "
+                f"Non-finite loss at step {self._step_nr} (anchor {out.anchor_loss.item():.4g}, enhanced "
                 f"{enhanced}, utterances {batch.example['ids'][:3]}...). The last checkpoint is intact: "
                 "lower optimizer.config.lr (or trainer.max_grad_norm) and re-run the command to resume."
             )
