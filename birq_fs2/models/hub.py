@@ -111,10 +111,12 @@ def resolve_model(spec: str | Path, *, step: int | None = None) -> ModelSource:
         if (path / "checkpoints" / "model.yaml").exists():
             return _from_run_dir(spec, path, step)
         return _from_card_dir(spec, path)
-    if path.exists() or "/" in spec:
+    if path.exists():
         raise ModelSourceError(
             f"{spec}: not a model directory (expected a birq-export folder or a recipe output folder)."
         )
+    if "/" in spec:
+        raise ModelSourceError(f"{spec}: no such directory.")
     card = get_asset_store().maybe_retrieve_card(spec)
     if card is None:
         raise ModelSourceError(f"{spec}: no model card of that name and no such directory.")
