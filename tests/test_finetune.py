@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -156,6 +157,16 @@ def test_a_bad_pretrained_encoder_is_one_error_line(tmp_path, corpus, pretrained
     out = proc.stdout + proc.stderr
     assert proc.returncode == 2, out[-3000:]
     assert all(w in out for w in words) and "Traceback" not in out, out[-3000:]
+
+
+def test_resuming_on_data_with_another_vocabulary_stops(tmp_path, corpus, finetuned):
+    run_dir = tmp_path / "run"
+    shutil.copytree(finetuned, run_dir)
+    (run_dir / "dict.ltr.txt").write_text("| 1\nA 1\nB 1\n")  # not the corpus's vocabulary
+    proc = run(finetune_cmd(run_dir, corpus, "regime.num_steps=16"))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out[-3000:]
+    assert "different character vocabulary" in out and "Traceback" not in out, out[-3000:]
 
 
 def test_export_evaluate_and_transcribe(tmp_path, finetuned, corpus, capsys):

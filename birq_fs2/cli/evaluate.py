@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 
 import torch
+from rich.console import Console
+from rich.progress import Progress
 
 from birq_fs2.data.corpus import (
     CorpusError,
@@ -47,7 +49,13 @@ def resolve_split(data: Path, split: str | None) -> tuple[str, list[Utterance]]:
 
 
 def evaluate(
-    model: str, data: Path, split: str | None, out_dir: Path | None, device: torch.device
+    model: str,
+    data: Path,
+    split: str | None,
+    out_dir: Path | None,
+    device: torch.device,
+    *,
+    progress: bool = False,
 ) -> tuple[dict, int]:
     from birq_fs2.inference import Transcriber
     from birq_fs2.scoring import count_errors
@@ -64,7 +72,14 @@ def evaluate(
             labelled.append(u)
     rows, refs, hyps, audio_frames = [], [], [], 0
     by_path = {str(u.path): u for u in labelled}
-    for t in transcriber.transcribe([str(u.path) for u in labelled]):
+    # Longest first: batches of similar lengths pad little, and a too-large batch fails early.
+    order = sorted(labelled, key=lambda u: -(u.num_samples or _file_size(u.path)))
+    with Progress(console=Console(stderr=True), disable=not progress) as bar:
+        job = bar.add_task(f"decoding {split}", total=len(order))
+        transcripts = list(
+            _advancing(transcriber.transcribe([str(u.path) for u in order]), bar, job)
+        )
+    for t in transcripts:
         if t.error is not None:
             problems.append({"path": t.path, "problem": t.error.removeprefix(f"{t.path}: ")})
             continue
@@ -90,10 +105,23 @@ def evaluate(
         out_dir.mkdir(parents=True, exist_ok=True)
         with (out_dir / "hypotheses.tsv").open("w", encoding="utf-8") as f:
             f.write("id\tword_errors\tref_words\treference\thypothesis\n")
-            for row in rows:
+            for row in sorted(rows):
                 f.write("\t".join(map(str, row)) + "\n")
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary, len(problems)
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _advancing(items, bar, job):
+    for item in items:
+        bar.advance(job)
+        yield item
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", help="split to score (needed when the data has several)")
     parser.add_argument("--out", type=Path, help="output folder (default: birq-eval/<split>)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
     try:
@@ -114,8 +143,9 @@ def main(argv: list[str] | None = None) -> int:
         if out is None:
             out = Path("birq-eval") / (args.split or args.data.name)
         summary, num_problems = evaluate(
-            args.model, args.data, args.split, out, torch.device(args.device)
-        )
+            args.model, args.data, args.split, out, torch.device(args.device),
+            progress=not args.quiet,
+        )  # fmt: skip
     except Exception as ex:  # noqa: BLE001 - one line for users; --debug for the traceback
         if args.debug:
             raise
