@@ -21,7 +21,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from .gumbel_rpq import GUMBEL_BLOCK_N, _gumbel_rpq_bwd_kernel, _gumbel_rpq_fwd_kernel
-from .rpq_labels import _rpq_labels_kernel, block_sizes
+from .rpq_labels import LABELS_BLOCK_K, _rpq_labels_kernel, block_sizes
 
 _INTS = ("N", "G", "K", "d")
 _LP_STRIDES = {"stride_lp_n": "i64", "stride_lp_g": "i64", "stride_lp_k": "i32"}
@@ -29,11 +29,11 @@ _GUMBEL_SCALARS = {"inv_scale": "fp32", "inv_tau": "fp32", "key_row": "i32", "ke
 
 
 def _specs(lp_dtype: str, noise: bool, d: int, K: int):
-    def blocks_for(rows: int) -> dict:
-        block_n, block_k, block_d = block_sizes(d, K, rows)
+    def blocks_for(rows: int, max_block_k: int = 64) -> dict:
+        block_n, block_k, block_d = block_sizes(d, K, rows, max_block_k)
         return {"BLOCK_N": block_n, "BLOCK_K": block_k, "BLOCK_D": block_d}
 
-    blocks, gumbel_blocks = blocks_for(64), blocks_for(GUMBEL_BLOCK_N)
+    blocks, gumbel_blocks = blocks_for(64, LABELS_BLOCK_K), blocks_for(GUMBEL_BLOCK_N)
     ints = {name: "i32" for name in _INTS}
     return {
         "rpq_labels": (
