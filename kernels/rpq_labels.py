@@ -117,9 +117,7 @@ if HAS_TRITON:
 LABELS_BLOCK_K = 128
 
 
-def block_sizes(
-    d: int, K: int, block_n: int = 64, max_block_k: int = 64
-) -> tuple[int, int, int]:
+def block_sizes(d: int, K: int, block_n: int = 64, max_block_k: int = 64) -> tuple[int, int, int]:
     """(BLOCK_N, BLOCK_K, BLOCK_D) for the Triton kernels.
 
     tl.dot needs every block dim >= 16; d is padded to a power of two (padding is zero,
