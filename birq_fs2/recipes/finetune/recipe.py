@@ -68,6 +68,10 @@ class BirqFinetuneRecipe(Recipe):
             )
             return model
         pretrained_source = resolve_model(source, step=config.pretrained.step)
+        if any(p.is_meta for p in model.parameters()):
+            # fairseq2 initialises a new model on data-parallel rank 0 only; the other
+            # ranks hold meta tensors and receive rank 0's weights when it is wrapped.
+            return model
         pretrained = pretrained_source.load(device=torch.device("cpu"))
         with torch.no_grad():
             n = transfer_encoder(pretrained, model, source)
