@@ -13,6 +13,7 @@ from pathlib import Path
 
 from birq_fs2.data.corpus import (
     CorpusError,
+    find_splits,
     header_num_samples,
     is_librispeech_subset,
     load_split,
@@ -63,13 +64,8 @@ def _check(args: argparse.Namespace) -> int:
     path: Path = args.path
     if args.splits:
         splits = args.splits
-    elif list(path.glob("*.tsv")):
-        splits = sorted(p.stem for p in path.glob("*.tsv"))
-    elif is_librispeech_subset(path):
-        splits = [path.name]
-        path = path.parent
     else:
-        splits = sorted(p.name for p in path.iterdir() if p.is_dir() and is_librispeech_subset(p))
+        path, splits = find_splits(path)
     if not splits:
         raise CorpusError(f"{args.path}: no manifests (*.tsv) or LibriSpeech subsets found.")
     problems: list = []

@@ -60,6 +60,21 @@ def is_librispeech_subset(path: Path) -> bool:
     return any(path.glob("*/*/*.trans.txt")) or any(path.glob("*/*/*.flac"))
 
 
+def find_splits(path: Path) -> tuple[Path, list[str]]:
+    """(root, split names) of a manifest directory (its ``*.tsv``), a LibriSpeech subset
+    folder (its parent and its own name) or a LibriSpeech root (its subset folders): the
+    arguments `load_split` takes."""
+    path = Path(path)
+    manifests = sorted(p.stem for p in path.glob("*.tsv"))
+    if manifests:
+        return path, manifests
+    if is_librispeech_subset(path):
+        return path.parent, [path.name]
+    if not path.is_dir():
+        return path, []
+    return path, sorted(p.name for p in path.iterdir() if p.is_dir() and is_librispeech_subset(p))
+
+
 def scan_librispeech(
     subset_dir: Path, *, problems: list[tuple[str, str]] | None = None
 ) -> list[Utterance]:

@@ -22,7 +22,7 @@ from fairseq2.gang import Gangs
 
 from birq_fs2.seeds import derive_seed
 
-from .corpus import CorpusError, Utterance, is_librispeech_subset, load_split, load_vocabulary
+from .corpus import CorpusError, Utterance, find_splits, load_split, load_vocabulary
 from .pipeline import DataStats, SpeechPipelineConfig, create_speech_reader
 from .vocab import CharVocabulary
 
@@ -46,12 +46,7 @@ class SpeechDataset:
         self._cache: dict[str, list[Utterance]] = {}
 
     def splits(self) -> list[str]:
-        manifests = sorted(p.stem for p in self.path.glob("*.tsv"))
-        if manifests:
-            return manifests
-        return sorted(
-            p.name for p in self.path.iterdir() if p.is_dir() and is_librispeech_subset(p)
-        )
+        return find_splits(self.path)[1]
 
     def utterances(self, split: str) -> list[Utterance]:
         if split not in self._cache:
