@@ -20,6 +20,14 @@ class ErrorCounts:
     char_errors: int = 0
     ref_chars: int = 0
 
+    def __add__(self, other: ErrorCounts) -> ErrorCounts:
+        return ErrorCounts(
+            self.word_errors + other.word_errors,
+            self.ref_words + other.ref_words,
+            self.char_errors + other.char_errors,
+            self.ref_chars + other.ref_chars,
+        )
+
     @property
     def wer(self) -> float:
         return 100.0 * self.word_errors / max(self.ref_words, 1)

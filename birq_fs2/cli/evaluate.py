@@ -20,32 +20,22 @@ import torch
 from rich.console import Console
 from rich.progress import Progress
 
-from birq_fs2.data.corpus import (
-    CorpusError,
-    Utterance,
-    is_librispeech_subset,
-    load_split,
-    scan_librispeech,
-)
+from birq_fs2.data.corpus import CorpusError, Utterance, find_splits, load_split
 
 
 def resolve_split(data: Path, split: str | None) -> tuple[str, list[Utterance]]:
-    """(split name, utterances) of a LibriSpeech subset folder, or of `split` (or the only
-    split) of a manifest directory or LibriSpeech root."""
+    """(split name, utterances) of `split`, or of the only split, of a manifest directory,
+    a LibriSpeech root or a LibriSpeech subset folder."""
     if not data.is_dir():
         raise CorpusError(f"{data}: no such data directory.")
-    if split is None and is_librispeech_subset(data):
-        return data.name, scan_librispeech(data)
-    if split is None:
-        splits = sorted(p.stem for p in data.glob("*.tsv")) or sorted(
-            p.name for p in data.iterdir() if p.is_dir() and is_librispeech_subset(p)
+    if split is not None:
+        return split, load_split(data, split)
+    root, splits = find_splits(data)
+    if len(splits) != 1:
+        raise CorpusError(
+            f"{data}: name the split to evaluate with --split (found: {', '.join(splits) or 'none'})."
         )
-        if len(splits) != 1:
-            raise CorpusError(
-                f"{data}: name the split to evaluate with --split (found: {', '.join(splits) or 'none'})."
-            )
-        split = splits[0]
-    return split, load_split(data, split)
+    return splits[0], load_split(root, splits[0])
 
 
 def evaluate(
@@ -58,7 +48,7 @@ def evaluate(
     progress: bool = False,
 ) -> tuple[dict, int]:
     from birq_fs2.inference import Transcriber
-    from birq_fs2.scoring import count_errors
+    from birq_fs2.scoring import ErrorCounts, count_errors
 
     started = time.perf_counter()
     split, utts = resolve_split(data, split)
@@ -70,7 +60,7 @@ def evaluate(
             problems.append({"path": str(u.path), "problem": "no transcript"})
         else:
             labelled.append(u)
-    rows, refs, hyps, audio_frames = [], [], [], 0
+    rows, total, audio_frames = [], ErrorCounts(), 0
     by_path = {str(u.path): u for u in labelled}
     # Longest first: batches of similar lengths pad little, and a too-large batch fails early.
     order = sorted(labelled, key=lambda u: -(u.num_samples or _file_size(u.path)))
@@ -86,12 +76,10 @@ def evaluate(
         u = by_path[t.path]
         counts = count_errors([u.text], [t.text])
         rows.append((u.id, counts.word_errors, counts.ref_words, u.text, t.text))
-        refs.append(u.text)
-        hyps.append(t.text)
+        total += counts  # jiwer's corpus counts are the sums of its per-utterance ones
         audio_frames += t.num_frames
     if not rows:
         raise CorpusError(f"{data} ({split}): no utterance could be scored.")
-    total = count_errors(refs, hyps)
     seconds = time.perf_counter() - started
     summary = {
         "model": model, "data": str(data), "split": split, "num_utterances": len(rows),
