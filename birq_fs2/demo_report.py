@@ -16,36 +16,29 @@ import json
 import sys
 from pathlib import Path
 
-from birq_fs2.report import plot_curves, read_metrics
+from birq_fs2.report import plot_curves, plot_panels, read_metrics
 
+RUNS = ("pretrain", "finetune-birq", "finetune-scratch")
 FINETUNE_RUNS = (("birq", "finetune-birq", "BiRQ-pretrained encoder"),
                  ("scratch", "finetune-scratch", "no pretraining (baseline)"))  # fmt: skip
 
 
 def _plot_finetune(runs: dict[str, tuple[list[dict], list[dict]]], out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     panels = (("CTC loss (bits/char, train)", "train", "CTC Loss"),
               ("Validation WER (%)", "valid", "Word Error Rate (WER)"),
               ("Validation CER (%)", "valid", "Character Error Rate (CER)"))  # fmt: skip
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
-    for ax, (title, split, key) in zip(axes, panels, strict=True):
-        for label, (train, valid) in runs.items():
-            rows = train if split == "train" else valid
-            points = [(r["Step"], r[key]) for r in rows if r.get(key) is not None]
-            if points:
-                xs, ys = zip(*points, strict=True)
-                ax.plot(xs, ys, "-" if split == "train" else "o-", label=label, markersize=3)
-        ax.set_title(title)
-        ax.set_xlabel("fine-tuning step")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    plot_panels(
+        [
+            (title, [
+                (label, "-" if split == "train" else "o-",
+                 [(r["Step"], r[key]) for r in (train if split == "train" else valid) if r.get(key) is not None])
+                for label, (train, valid) in runs.items()
+            ])
+            for title, split, key in panels
+        ],
+        out,
+        "fine-tuning step",
+    )  # fmt: skip
 
 
 # What a reader needs to reproduce a run; the full config is the run's config.yaml.
@@ -116,21 +109,19 @@ def write_demo_report(out: Path, num_examples: int = 6) -> Path:
     lines += ["", f"Relative WER change from pretraining: {_relative(birq['wer'], scratch['wer'])}; "
               f"CER: {_relative(birq['cer'], scratch['cer'])}. Both fine-tuning runs use the same "
               "configuration and step budget; only the encoder's initial weights differ.", ""]  # fmt: skip
-    lines += _reading(
-        birq,
-        scratch,
-        read_metrics(out / "pretrain" / "metrics" / "train.jsonl"),
-        read_metrics(out / "finetune-birq" / "metrics" / "train.jsonl"),
-    )
+    # (train, valid) metric rows of each run, read once.
+    metrics = {
+        run: (read_metrics(out / run / "metrics" / "train.jsonl"),
+              read_metrics(out / run / "metrics" / "valid" / "valid.jsonl"))
+        for run in RUNS
+    }  # fmt: skip
+    lines += _reading(birq, scratch, metrics["pretrain"][0], metrics["finetune-birq"][0])
 
     lines += _data_lines(out / "corpus" / "SPEAKERS.TXT")
-    lines += _runs_lines(out)
+    lines += _runs_lines(metrics)
 
     pretrain = out / "pretrain"
-    train, valid = (
-        read_metrics(pretrain / "metrics" / "train.jsonl"),
-        read_metrics(pretrain / "metrics" / "valid" / "valid.jsonl"),
-    )
+    train, valid = metrics["pretrain"]
     if train:
         plot_curves(train, valid, report_dir / "pretrain_curves.png")
         last = train[-1]
@@ -141,11 +132,7 @@ def write_demo_report(out: Path, num_examples: int = 6) -> Path:
                   ) + ".", ""]  # fmt: skip
         lines += _config_lines(pretrain) + [""]
 
-    runs = {}
-    for _, folder, label in FINETUNE_RUNS:
-        run = out / folder
-        runs[label] = (read_metrics(run / "metrics" / "train.jsonl"),
-                       read_metrics(run / "metrics" / "valid" / "valid.jsonl"))  # fmt: skip
+    runs = {label: metrics[folder] for _, folder, label in FINETUNE_RUNS}
     _plot_finetune(runs, report_dir / "finetune_curves.png")
     lines += ["## CTC fine-tuning", "", "![fine-tuning curves](report/finetune_curves.png)", ""]
     lines += _config_lines(out / "finetune-birq") + [""]
@@ -194,11 +181,10 @@ def _data_lines(speakers_file: Path) -> list[str]:
     ]
 
 
-def _runs_lines(out: Path) -> list[str]:
+def _runs_lines(metrics: dict[str, tuple[list[dict], list[dict]]]) -> list[str]:
     """Steps and wall time of each run, from its last training metrics."""
     rows = []
-    for folder in ("pretrain", "finetune-birq", "finetune-scratch"):
-        train = read_metrics(out / folder / "metrics" / "train.jsonl")
+    for folder, (train, _) in metrics.items():
         if train:
             last = train[-1]
             wall = last.get("Wall Time") or last.get("Total Time") or 0.0

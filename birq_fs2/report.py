@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 PANELS = (
@@ -26,29 +27,42 @@ def read_metrics(path: Path) -> list[dict]:
     return [by_step[s] for s in sorted(by_step)]
 
 
-def plot_curves(train: list[dict], valid: list[dict], out: Path) -> None:
+Series = tuple[str, str, list[tuple[int, float]]]
+"""(legend label, matplotlib line style, (step, value) points)."""
+
+
+def plot_panels(panels: Sequence[tuple[str, Sequence[Series]]], out: Path, xlabel: str) -> None:
+    """One row of panels, each a title and its series, saved as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 3.4))
-    for ax, (title, keys) in zip(axes, PANELS, strict=True):
-        for rows, style, split in ((train, "-", "train"), (valid, "o--", "valid")):
-            for key in keys:
-                points = [(r["Step"], r[key]) for r in rows if r.get(key)]
-                if points:
-                    xs, ys = zip(*points, strict=True)
-                    ax.plot(
-                        xs, ys, style, label=f"{key.split()[0].lower()} ({split})", markersize=3
-                    )
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
+    for ax, (title, series) in zip(axes, panels, strict=True):
+        for label, style, points in series:
+            if points:
+                xs, ys = zip(*points, strict=True)
+                ax.plot(xs, ys, style, label=label, markersize=3)
         ax.set_title(title)
-        ax.set_xlabel("step")
+        ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
+
+
+def plot_curves(train: list[dict], valid: list[dict], out: Path) -> None:
+    panels = [
+        (title, [
+            (f"{key.split()[0].lower()} ({split})", style, [(r["Step"], r[key]) for r in rows if r.get(key)])
+            for rows, style, split in ((train, "-", "train"), (valid, "o--", "valid"))
+            for key in keys
+        ])
+        for title, keys in PANELS
+    ]  # fmt: skip
+    plot_panels(panels, out, "step")
 
 
 def write_report(run_dir: Path) -> Path:
