@@ -5,7 +5,8 @@
 Times `_rpq_labels_kernel` and the Gumbel forward/backward kernels alone (their inputs
 z, codebook, log_probs prepared once) with triton.testing.do_bench (median) for each
 (BLOCK_N, BLOCK_K, num_warps), and checks each labels config against the eager reference.
-The shipped sizes are kernels/rpq_labels.py's `block_sizes` and gumbel_rpq.GUMBEL_BLOCK_N.
+The shipped sizes are kernels/rpq_labels.py's `block_sizes` and `LABELS_BLOCK_K`, and
+gumbel_rpq.GUMBEL_BLOCK_N.
 """
 
 # ruff: noqa: B023 - the closures below run inside the iteration that defines them
@@ -16,26 +17,16 @@ import itertools
 import json
 
 import torch
-import torch.nn.functional as F
 import triton
 from birq_kernels._common import project_normalize
 from birq_kernels._rng import as_int32, seed_keys
 from birq_kernels.gumbel_rpq import _gumbel_rpq_bwd_kernel, _gumbel_rpq_fwd_kernel
 from birq_kernels.rpq_labels import _rpq_labels_kernel, reference_rpq_labels
-
-D, d, K = 320, 16, 8192
-
-
-def inputs(N, G):
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(N, D, generator=gen).cuda()
-    projection = torch.nn.init.xavier_uniform_(torch.empty(G, D, d), generator=gen).cuda()
-    codebook = F.normalize(torch.randn(G, K, d, generator=gen), dim=-1).cuda()
-    return x, projection, codebook
+from quantizer import K, _inputs, d
 
 
 def sweep_labels(N, G, rows):
-    x, projection, codebook = inputs(N, G)
+    x, projection, codebook = _inputs(N, G, "cuda")  # the quantizer benchmark's inputs
     z = project_normalize(x, projection)[0].contiguous()
     expected = reference_rpq_labels(x, projection, codebook)
     for block_n, block_k, warps in itertools.product((32, 64, 128), (64, 128), (4, 8)):
@@ -61,7 +52,7 @@ def sweep_labels(N, G, rows):
 
 
 def sweep_gumbel(N, G, rows):
-    x, projection, codebook = inputs(N, G)
+    x, projection, codebook = _inputs(N, G, "cuda")  # the quantizer benchmark's inputs
     z = project_normalize(x, projection)[0].contiguous()
     lp = torch.log_softmax(torch.randn(N, G, K, device="cuda"), dim=-1)
     kr, kc = (as_int32(k) for k in seed_keys(1))
