@@ -9,7 +9,7 @@ fairseq2 ASR model. This module adds its ``birq_*`` architectures (the encoders 
 
 from __future__ import annotations
 
-from dataclasses import fields, replace
+from dataclasses import replace
 
 import torch
 from fairseq2.models.wav2vec2 import Wav2Vec2EncoderConfig
@@ -21,12 +21,6 @@ from torch import Tensor
 from torch.nn import Module
 
 from .config import ARCHS
-
-# Encoder fields that change no parameter shape: a pretrained encoder transfers across them.
-_REGULARISATION_FIELDS = frozenset(
-    {"dropout_p", "attn_dropout_p", "ffn_inner_dropout_p", "first_pass_dropout_p",
-     "layer_drop_p", "feature_grad_scale"}
-)  # fmt: skip
 
 
 class EncoderTransferError(ValueError):
@@ -60,20 +54,6 @@ def register_birq_asr_archs(container: DependencyContainer) -> None:
     for name in ("tiny", "base", "large"):
         make = ARCHS[name]
         arch(f"birq_{name}")(lambda make=make: asr_config_for(make().encoder_config))
-
-
-def encoder_config_mismatch(
-    expected: Wav2Vec2EncoderConfig, actual: Wav2Vec2EncoderConfig
-) -> list[str]:
-    """'field: expected != actual' for each shape-defining field that differs."""
-    out = []
-    for f in fields(expected):
-        if f.name in _REGULARISATION_FIELDS:
-            continue
-        a, b = getattr(expected, f.name), getattr(actual, f.name)
-        if a != b:
-            out.append(f"{f.name}: {a!r} (fine-tune model) != {b!r} (pretrained)")
-    return out
 
 
 def transfer_encoder(pretrained: Module, asr_model: Module, source: str) -> int:
