@@ -17,12 +17,8 @@ from fairseq2.nn import BatchLayout
 from torch import Tensor
 
 from birq_fs2.data.audio import AudioError, AudioLoader, FbankExtractor, utterance_seed
-from birq_fs2.data.pipeline import SpeechPipelineConfig
-from birq_fs2.models.asr import ctc_greedy_ids
-from birq_fs2.models.hub import ModelSource, ModelSourceError, resolve_model
-
-# The encoder stacks 4 fbank frames: shorter inputs give no encoder frame at all.
-_MIN_FRAMES = 8
+from birq_fs2.frames import FBANK_HOP_SECONDS, min_fbank_frames
+from birq_fs2.models.source import ModelSource, ModelSourceError, resolve_model
 
 
 @dataclass
@@ -33,9 +29,25 @@ class Transcript:
     num_frames: int = 0
 
 
+def ctc_greedy_ids(logits: Tensor, layout: BatchLayout, blank: int = 0) -> list[list[int]]:
+    """Best path per utterance: argmax per frame (padding excluded), repeats merged,
+    blanks removed."""
+    best = logits.argmax(dim=-1).cpu()
+    if layout.padded:
+        lengths = [int(n) for n in layout.seq_lens]
+    else:
+        lengths = [best.shape[1]] * best.shape[0]
+    out = []
+    for row, n in zip(best, lengths, strict=True):
+        path = torch.unique_consecutive(row[:n])
+        out.append([int(i) for i in path if int(i) != blank])
+    return out
+
+
 class Transcriber:
-    """A CTC model and its vocabulary, loaded once; features as in training (same
-    filterbank, per-utterance normalisation and dither level)."""
+    """A CTC model and its vocabulary, loaded once; features as in training: the
+    filterbank settings recorded with the model (its card's ``features``, its run's
+    ``dataset.pipeline``), the defaults only for a card without them."""
 
     def __init__(
         self,
@@ -59,9 +71,16 @@ class Transcriber:
                 f"{self.source.spec}: the CTC head has {model.final_proj.output_dim} outputs but its "
                 f"vocabulary {self.source.vocabulary_path} has {len(self.vocabulary)} symbols."
             )
-        pipeline = SpeechPipelineConfig()
+        self.features = self.source.feature_config()
+        channels = model.encoder_frontend.feature_extractor.num_fbank_channels
+        if self.features.num_mel_bins != channels:
+            raise ModelSourceError(
+                f"{self.source.spec}: its features have {self.features.num_mel_bins} mel bins but "
+                f"the model's front end expects {channels} fbank channels."
+            )
         self._loader = AudioLoader()
-        self._fbank = FbankExtractor(pipeline.num_mel_bins, pipeline.dither, pipeline.normalize)
+        self._fbank = FbankExtractor.from_config(self.features)
+        self._min_frames = min_fbank_frames(model.encoder_frontend.feature_extractor.stride)
         self.max_frames_per_batch = max_frames_per_batch
 
     def features(self, path: str | Path) -> Tensor:
@@ -69,9 +88,12 @@ class Transcriber:
         # One dither seed for every file: a file's transcript depends on its audio only,
         # not on its name or on the other files of the call.
         fbank = self._fbank(waveform, utterance_seed(0, "transcribe", "dither"))
-        if fbank.shape[0] < _MIN_FRAMES:
+        if fbank.shape[0] < self._min_frames:
             raise AudioError(
-                path, f"too short to transcribe ({fbank.shape[0]} frames of 10 ms)", "too_short"
+                path,
+                f"too short to transcribe ({fbank.shape[0] * FBANK_HOP_SECONDS:.2f} s; "
+                f"the model needs {self._min_frames * FBANK_HOP_SECONDS:.2f} s)",
+                "too_short",
             )
         return fbank
 

@@ -16,7 +16,8 @@ import torch
 from fairseq2.datasets import Seq2SeqBatch, SequenceBatch
 
 from birq_fs2.cli.data import main as birq_data
-from birq_fs2.data.audio import AudioError, AudioLoader, num_fbank_frames
+from birq_fs2.data.audio import AudioError, AudioLoader
+from birq_fs2.frames import num_fbank_frames
 from birq_fs2.data.check import check_utterances
 from birq_fs2.data.corpus import (
     CorpusError,

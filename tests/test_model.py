@@ -146,8 +146,9 @@ def test_encode_returns_requested_layers():
 
 
 def test_masker_rate_padding_and_short_utterances():
-    config = ARCHS["base"]().masking
-    masker = BestRqMasker(config)
+    arch = ARCHS["base"]()
+    config = arch.masking
+    masker = BestRqMasker(config, arch.frame_ms)
     seqs = torch.zeros(8, 1000, 4)
     torch.manual_seed(0)
     masked, mask = masker(seqs, BatchLayout((8, 1000), seq_lens=[1000] * 7 + [600]))
@@ -156,8 +157,12 @@ def test_masker_rate_padding_and_short_utterances():
     assert not mask[7, 600:].any()
     assert masked[mask].std().item() == pytest.approx(config.noise_std, rel=0.1)
     assert torch.equal(masked[~mask], seqs[~mask])
-    with pytest.raises(ValueError, match=r"masking.span_len = 10"):
+    with pytest.raises(ValueError, match=r"8 encoder frames \(320 ms\).*masking.span_len = 10"):
         masker(torch.zeros(2, 50, 4), BatchLayout((2, 50), seq_lens=[50, 8]))
+    # The frame duration follows the stacking factor (20 ms encoder frames at stride 2).
+    arch.encoder_config.fbank_stride = 2
+    with pytest.raises(ValueError, match=r"\(160 ms\)"):
+        BestRqMasker(config, arch.frame_ms)(torch.zeros(1, 8, 4), BatchLayout((1, 8), seq_lens=[8]))
 
 
 @pytest.mark.parametrize(

@@ -13,35 +13,47 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers import (
+    ENV,
+    PRETRAIN_PRESET,
+    fsdp_shard_run,
+    metrics,
+    model_state,
+    pretrain_cmd,
+    python,
+    run,
+)
 
-from birq_fs2.cli.export import export_checkpoint
-from birq_fs2.recipes.pretrain.config import BirqScheduleSection
-from birq_fs2.recipes.pretrain.recipe import (
-    StepSchedule,
+from birq_fs2.export import export_checkpoint
+from birq_fs2.metrics import (
+    PRETRAIN_METRICS,
     codebook_usage,
+    display,
     normalized_mutual_information,
 )
-
-PRESET = (
-    Path(__file__).parents[1] / "birq_fs2" / "recipes" / "pretrain" / "configs" / "tiny_cpu.yaml"
-)
+from birq_fs2.recipes.pretrain.config import BirqScheduleSection
+from birq_fs2.recipes.pretrain.recipe import StepSchedule
 
 
 def recipe_cmd(out: Path, corpus: Path, *overrides: str) -> list[str]:
-    return [
-        sys.executable, "-m", "birq_fs2.recipes.pretrain", str(out), "--config-file", str(PRESET),
-        "--config", f"dataset.config_overrides.path={corpus}", "regime.num_steps=16",
+    return pretrain_cmd(
+        out, corpus, "regime.num_steps=16",
         "regime.publish_metrics_every_n_steps=2", "regime.checkpoint_every_n_steps=4",
-        "regime.validate_every_n_steps=8", "schedule.refine_start=4", "schedule.tau_decay=0.9",
+        "regime.validate_every_n_steps=8", "schedule.refine_start_step=4", "schedule.tau_decay=0.9",
         "lr_scheduler.config.num_warmup_steps=2", "optimizer.config.lr=0.002",
         "dataset.pipeline.max_frames=400", "dataset.pipeline.max_frames_per_batch=3200",
         *overrides,
-    ]  # fmt: skip
+    )  # fmt: skip
 
 
 def test_schedule_is_a_pure_function_of_the_step():
     section = BirqScheduleSection(
-        refine_start=0.1, gamma=1.0, gamma_final=3.0, tau_max=2.0, tau_min=0.5, tau_decay=0.5
+        refine_start_fraction=0.1,
+        gamma=1.0,
+        gamma_final=3.0,
+        tau_max=2.0,
+        tau_min=0.5,
+        tau_decay=0.5,
     )
     sched = StepSchedule(section, num_steps=100, seed=7, rank=0)
     assert sched.refine_start == 10
@@ -55,8 +67,71 @@ def test_schedule_is_a_pure_function_of_the_step():
     assert (
         sched(10).gamma == 1.0 and sched(55).gamma == pytest.approx(2.0) and sched(100).gamma == 3.0
     )
-    assert sched(12).seed == StepSchedule(section, 100, 7, 0)(12).seed  # reproducible on resume
-    assert sched(12).seed != sched(13).seed != StepSchedule(section, 100, 7, 1)(13).seed
+    # Noise seeds: reproducible on resume, distinct per step, rank, micro-batch and stream.
+    again = StepSchedule(section, 100, 7, 0)
+    assert sched.noise_seed("train", 12, 0) == again.noise_seed("train", 12, 0)
+    seeds = {
+        sched.noise_seed("train", 12, 0), sched.noise_seed("train", 13, 0),
+        sched.noise_seed("train", 12, 1), sched.noise_seed("valid", 12, 0),
+        StepSchedule(section, 100, 7, 1).noise_seed("train", 12, 0),
+        StepSchedule(section, 100, 8, 0).noise_seed("train", 12, 0),
+    }  # fmt: skip
+    assert len(seeds) == 6
+    # A step count and a fraction are two fields: 1.0 is "all the steps", not step 1.
+    assert (
+        StepSchedule(BirqScheduleSection(refine_start_fraction=1.0), 100, 0, 0).refine_start == 100
+    )
+    assert StepSchedule(BirqScheduleSection(refine_start_step=1), 100, 0, 0).refine_start == 1
+    errors = BirqScheduleSection(refine_start_fraction=4.0).validate().errors
+    assert any("refine_start_step" in e for e in errors)
+
+
+def test_gumbel_noise_differs_per_micro_batch_and_stream_and_repeats_on_resume():
+    """The trainer calls set_step_nr once per step and process_batch once per micro-batch
+    (gradient accumulation): the same batch twice in one step must draw different noise,
+    validation its own, and a resumed unit the same again."""
+    from fairseq2.datasets import SequenceBatch
+    from fairseq2.metrics import MetricBag
+
+    from birq_fs2.data.pipeline import DataStats
+    from birq_fs2.models.config import ARCHS
+    from birq_fs2.models.factory import create_birq_model
+    from birq_fs2.recipes.pretrain.recipe import BirqEvalUnit, BirqTrainUnit
+
+    torch.manual_seed(0)
+    model = create_birq_model(ARCHS["tiny"]()).eval()  # no dropout: only the noise varies
+    outputs = []
+
+    def recording_model(*args):
+        outputs.append(model(*args))
+        return outputs[-1]
+
+    x = torch.randn(2, 200, 80, generator=torch.Generator().manual_seed(1))
+    batch = SequenceBatch(x, None, example={"ids": ["a", "b"]})
+    schedule = StepSchedule(BirqScheduleSection(refine_start_step=0), 10, 0, 0)
+
+    def labels_of_one_step(unit) -> list[torch.Tensor]:
+        bag = MetricBag(device=torch.device("cpu"))
+        unit.prepare_metric_bag(bag)
+        outputs.clear()
+        if isinstance(unit, BirqTrainUnit):
+            unit.set_step_nr(3)
+        else:
+            unit.set_train_step_nr(3)
+        for _ in range(2):  # gradient_accumulation 2, or two validation batches
+            torch.manual_seed(0)  # the same mask each time
+            unit.process_batch(batch, bag)
+        return [o.enhanced_labels for o in outputs]
+
+    first, second = labels_of_one_step(BirqTrainUnit(recording_model, model, schedule, DataStats()))
+    assert first.shape == second.shape and not torch.equal(first, second)
+    resumed = labels_of_one_step(BirqTrainUnit(recording_model, model, schedule, DataStats()))
+    assert torch.equal(resumed[0], first) and torch.equal(resumed[1], second)
+    valid = labels_of_one_step(BirqEvalUnit(recording_model, model, schedule))
+    assert not torch.equal(valid[0], first) and not torch.equal(valid[0], valid[1])
+    assert torch.equal(
+        valid[0], labels_of_one_step(BirqEvalUnit(recording_model, model, schedule))[0]
+    )
 
 
 def test_label_statistics():
@@ -70,18 +145,13 @@ def test_label_statistics():
     )
 
 
-def _train_metrics(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics" / "train.jsonl").read_text().splitlines()]
-
-
 @pytest.mark.slow
 def test_pretrain_lowers_losses_resumes_after_kill_and_exports(tmp_path, corpus):
     out = tmp_path / "run"
     cmd = recipe_cmd(out, corpus)
-    env = {**os.environ, "FAIRSEQ2_NO_PROGRESS": "1"}
     log = out / "logs" / "rank_0.log"
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV, start_new_session=True
     )
     deadline = time.time() + 400
     while time.time() < deadline and proc.poll() is None:
@@ -91,35 +161,44 @@ def test_pretrain_lowers_losses_resumes_after_kill_and_exports(tmp_path, corpus)
         time.sleep(0.2)
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be interrupted"
-    interrupted_steps = [m["Step"] for m in _train_metrics(out)]
-    assert max(interrupted_steps) < 16
+    assert max(metrics(out)) < 16
 
     # The same command again: resumes from step 8 and finishes.
-    rerun = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    rerun = run(cmd)
     assert rerun.returncode == 0, (rerun.stdout + rerun.stderr)[-4000:]
     assert "Restoring training from the last checkpoint at step 8." in log.read_text()
-    metrics = _train_metrics(out)
-    steps = [m["Step"] for m in metrics]
-    assert steps[-1] == 16 and 10 in steps
-    by_step = {m["Step"]: m for m in metrics}
+    by_step = metrics(out)
+    assert max(by_step) == 16 and 10 in by_step
 
     # Schedules resumed at the right values.
     config = yaml.safe_load((out / "config.yaml").read_text())
     sched = StepSchedule(BirqScheduleSection(**config["schedule"]), 16, config["common"]["seed"], 0)
+    enhanced_loss, anchor_loss = display("enhanced_loss"), display("anchor_loss")
     for step in (10, 16):
-        assert by_step[step]["Gumbel Tau"] == pytest.approx(
+        assert by_step[step][display("tau")] == pytest.approx(
             (sched(step - 1).tau + sched(step).tau) / 2
         )
-    assert by_step[2].get("Enhanced Loss", 0.0) == 0.0 and by_step[16]["Enhanced Loss"] > 0
+    # The enhanced metrics are recorded only once the stream is active (refine start at
+    # step 4), and every metric of the table reaches the JSONL under its display name.
+    assert enhanced_loss not in by_step[2] and by_step[16][enhanced_loss] > 0
+    recorded = set().union(*(m.keys() for m in by_step.values()))
+    assert {m.display for m in PRETRAIN_METRICS.values()} <= recorded
+    # A quiet run: no torcheval warnings about metrics without updates.
+    assert "No calls to update()" not in rerun.stdout + rerun.stderr + log.read_text()
 
     # Both losses fall.
-    assert by_step[16]["Anchor Loss"] < by_step[2]["Anchor Loss"] - 0.3
-    first_enhanced = min(s for s in by_step if by_step[s].get("Enhanced Loss", 0.0) > 0)
-    assert by_step[16]["Enhanced Loss"] < by_step[first_enhanced]["Enhanced Loss"]
+    assert by_step[16][anchor_loss] < by_step[2][anchor_loss] - 0.3
+    first_enhanced = min(s for s in by_step if enhanced_loss in by_step[s])
+    assert by_step[16][enhanced_loss] < by_step[first_enhanced][enhanced_loss]
 
     # Export: a card that fairseq2.models.load_model reads back to identical outputs
     # (compared in one process: same threads, so bit for bit).
     card = export_checkpoint(out, tmp_path / "cards", "birq_test_encoder")
+    fields = yaml.safe_load(card.read_text())
+    # The card carries the training features and no absolute path of this machine.
+    assert fields["features"] == {"num_mel_bins": 80, "normalize": "utterance", "dither": 1e-4}
+    assert fields["exported_from"] == "run/checkpoints/step_16"
+    assert str(tmp_path) not in card.read_text()
     shard = out / "checkpoints" / "step_16" / "model" / "pp_00" / "tp_00" / "sdp_00.pt"
     code = f"""
 import json, torch
@@ -140,10 +219,7 @@ b, _, lb = trained.encode(x, layout, layers=(2,))
 same_weights = all(torch.equal(v, trained.state_dict()[k]) for k, v in loaded.state_dict().items())
 print(json.dumps({{"weights": same_weights, "out": torch.equal(a, b), "layer": torch.equal(la[2], lb[2])}}))
 """
-    env_load = {**os.environ, "FAIRSEQ2_USER_ASSET_DIR": str(card.parent)}
-    loaded = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env_load, timeout=300
-    )
+    loaded = python(code, FAIRSEQ2_USER_ASSET_DIR=str(card.parent))
     assert loaded.returncode == 0, loaded.stderr[-3000:]
     assert json.loads(loaded.stdout.strip().splitlines()[-1]) == {
         "weights": True,
@@ -152,6 +228,22 @@ print(json.dumps({{"weights": same_weights, "out": torch.equal(a, b), "layer": t
     }
     meta = yaml.safe_load((out / "checkpoints" / "model.yaml").read_text())
     assert meta["model_config"]["encoder_config"]["model_dim"] == 144  # the preset's tiny arch
+
+    # The same step laid out as a 2-rank FSDP run writes it (parameters sharded along
+    # dim 0, buffers replicated) exports to the same weights.
+    from birq_fs2.models.config import ARCHS
+    from birq_fs2.models.factory import create_birq_model
+
+    parameters = {k for k, _ in create_birq_model(ARCHS["tiny"]()).named_parameters()}
+    fsdp_run = tmp_path / "fsdp_run"
+    fsdp_shard_run(out, 16, fsdp_run, parameters)
+    fsdp_card = export_checkpoint(fsdp_run, tmp_path / "fsdp_cards", "birq_fsdp")
+    from safetensors.torch import load_file
+
+    ddp_weights = load_file(str(card.parent / "birq_test_encoder.safetensors"))
+    fsdp_weights = load_file(str(fsdp_card.parent / "birq_fsdp.safetensors"))
+    assert ddp_weights.keys() == fsdp_weights.keys() == model_state(out, 16).keys()
+    assert all(torch.equal(ddp_weights[k], fsdp_weights[k]) for k in ddp_weights)
 
 
 @pytest.mark.parametrize(
@@ -163,19 +255,24 @@ print(json.dumps({{"weights": same_weights, "out": torch.equal(a, b), "layer": t
     ],
 )
 def test_bad_configs_fail_at_start_up_naming_the_key(tmp_path, corpus, override, words):
-    proc = subprocess.run(
-        recipe_cmd(tmp_path / "bad", corpus, override) + ["regime.num_steps=2"],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "FAIRSEQ2_NO_PROGRESS": "1"},
-    )  # fmt: skip
+    proc = run(recipe_cmd(tmp_path / "bad", corpus, override) + ["regime.num_steps=2"], timeout=300)
     assert proc.returncode != 0
     assert words in proc.stdout + proc.stderr
     assert not (tmp_path / "bad" / "checkpoints").exists()
 
 
-def test_export_errors_name_the_problem(tmp_path):
+def test_export_errors_name_the_problem(tmp_path, capsys):
     from birq_fs2.cli.export import main
 
     assert main([str(tmp_path), str(tmp_path / "out"), "--name", "x"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("birq-export: error: ") and len(err.splitlines()) == 1
+    assert f"{tmp_path / 'checkpoints' / 'model.yaml'}: missing" in err
+    # A run folder whose checkpoint lost its model state.
+    (tmp_path / "checkpoints" / "step_4").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "model.yaml").write_text("model_family: birq\nmodel_config: {}\n")
+    assert main([str(tmp_path), str(tmp_path / "out"), "--name", "x"]) == 2
+    assert "step_4/model/pp_00/tp_00/sdp_00.pt: missing" in capsys.readouterr().err
 
 
 def test_report_plots_and_tabulates_a_run(tmp_path):
@@ -197,8 +294,8 @@ def test_report_plots_and_tabulates_a_run(tmp_path):
 @pytest.mark.parametrize("preset", ["tiny_cpu", "base_librispeech960", "large_librispeech960"])
 def test_presets_structure_into_the_recipe_config(preset):
     cmd = [sys.executable, "-m", "birq_fs2.recipes.pretrain", "--dump-config", "--config-file",
-           str(PRESET.parent / f"{preset}.yaml")]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+           str(PRETRAIN_PRESET.parent / f"{preset}.yaml")]  # fmt: skip
+    proc = run(cmd, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     dumped = yaml.safe_load(proc.stdout)
     assert dumped["model"]["family"] == "birq" and dumped["model"]["arch"] in (
@@ -207,9 +304,7 @@ def test_presets_structure_into_the_recipe_config(preset):
         "large",
     )
     if preset == "tiny_cpu":  # a config typo fails and names the key
-        typo = subprocess.run(
-            cmd + ["--config", "schedule.taumax=3"], capture_output=True, text=True, timeout=300
-        )
+        typo = run(cmd + ["--config", "schedule.taumax=3"], timeout=300)
         assert typo.returncode != 0 and "taumax" in typo.stdout + typo.stderr
 
 
@@ -224,7 +319,7 @@ def test_a_non_finite_loss_stops_training_with_the_step_number():
 
     model = create_birq_model(ARCHS["tiny"]())
     unit = BirqTrainUnit(
-        model, model, StepSchedule(BirqScheduleSection(refine_start=0), 10, 0, 0), DataStats()
+        model, model, StepSchedule(BirqScheduleSection(refine_start_step=0), 10, 0, 0), DataStats()
     )
     bag = MetricBag(device=torch.device("cpu"))
     unit.prepare_metric_bag(bag)

@@ -9,8 +9,10 @@ file I/O is not used); the filterbank is fairseq2's Kaldi-compatible
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import torch
 import torchaudio.functional as AF
@@ -18,11 +20,8 @@ from fairseq2.data._memory import MemoryBlock
 from fairseq2.data.audio import AudioDecoder, WaveformToFbankConverter
 from fairseq2.data.data_pipeline import FileMapper
 
+from birq_fs2.frames import NUM_MEL_BINS, SAMPLE_RATE
 from birq_fs2.seeds import derive_seed
-
-SAMPLE_RATE = 16_000
-FRAME_SHIFT = 160  # 10 ms
-FRAME_LENGTH = 400  # 25 ms
 
 
 class AudioError(ValueError):
@@ -39,10 +38,6 @@ class Decoded:
     source_rate: int
     source_channels: int
     source_samples: int
-
-
-def num_fbank_frames(num_samples: int) -> int:
-    return 0 if num_samples < FRAME_LENGTH else 1 + (num_samples - FRAME_LENGTH) // FRAME_SHIFT
 
 
 class AudioLoader:
@@ -83,6 +78,41 @@ def utterance_seed(seed: int, utt_id: str, purpose: str) -> int:
     return derive_seed(seed, utt_id, purpose) >> 1
 
 
+@dataclass(frozen=True)
+class FbankConfig:
+    """The feature settings a model is trained with, and must be fed with at inference:
+    the recipes take them from ``dataset.pipeline``, exported cards carry them as their
+    ``features`` field."""
+
+    num_mel_bins: int = NUM_MEL_BINS
+    normalize: str = "utterance"
+    dither: float = 1e-4
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], *, source: str = "features") -> FbankConfig:
+        """The settings among `values` (other keys, e.g. the rest of a pipeline config, are
+        ignored); a wrong type names `source`."""
+        if not isinstance(values, Mapping):
+            raise ValueError(f"{source}: expected a mapping, got {values!r}.")
+        kwargs = {f.name: values[f.name] for f in fields(cls) if f.name in values}
+        try:
+            config = cls(**kwargs)
+            valid = (
+                isinstance(config.num_mel_bins, int)
+                and config.num_mel_bins > 0
+                and config.normalize in ("utterance", "none")
+                and float(config.dither) >= 0
+            )
+        except (TypeError, ValueError):
+            valid = False
+        if not valid:
+            raise ValueError(f"{source}: invalid feature settings {kwargs}.")
+        return config
+
+
 class FbankExtractor:
     """16 kHz waveform -> (T, num_mel_bins) log-mel features, 25 ms / 10 ms (Kaldi).
 
@@ -94,7 +124,7 @@ class FbankExtractor:
     """
 
     def __init__(
-        self, num_mel_bins: int = 80, dither: float = 1e-4, normalize: str = "utterance"
+        self, num_mel_bins: int = NUM_MEL_BINS, dither: float = 1e-4, normalize: str = "utterance"
     ) -> None:
         if normalize not in ("utterance", "none"):
             raise ValueError(f"`normalize` must be 'utterance' or 'none', got {normalize!r}.")
@@ -105,6 +135,10 @@ class FbankExtractor:
             channel_last=True,
             dtype=torch.float32,
         )
+
+    @classmethod
+    def from_config(cls, config: FbankConfig) -> FbankExtractor:
+        return cls(config.num_mel_bins, config.dither, config.normalize)
 
     def __call__(self, waveform: torch.Tensor, noise_seed: int) -> torch.Tensor:
         if self.dither > 0:

@@ -7,7 +7,9 @@ from dataclasses import dataclass
 
 import soundfile
 
-from .audio import SAMPLE_RATE, AudioError, AudioLoader, num_fbank_frames
+from birq_fs2.frames import SAMPLE_RATE, num_fbank_frames
+
+from .audio import AudioError, AudioLoader
 from .corpus import Utterance
 
 

@@ -26,7 +26,9 @@ from fairseq2.datasets import DataPipelineReader, Seq2SeqBatch, SequenceBatch, S
 from fairseq2.gang import Gangs
 from fairseq2.utils.validation import ValidationResult
 
-from .audio import AudioError, AudioLoader, FbankExtractor, utterance_seed
+from birq_fs2.frames import NUM_MEL_BINS
+
+from .audio import AudioError, AudioLoader, FbankConfig, FbankExtractor, utterance_seed
 from .corpus import Utterance
 from .vocab import CharVocabulary
 
@@ -35,22 +37,33 @@ log = logging.getLogger(__name__)
 
 @dataclass(kw_only=True)
 class SpeechPipelineConfig:
-    num_mel_bins: int = 80
+    num_mel_bins: int = NUM_MEL_BINS
+    """Filterbank channels; must equal the model's encoder_config.num_fbank_channels."""
     min_frames: int = 100
-    """Utterances with fewer fbank frames (10 ms each) are skipped and counted. Keep it
-    above the masking span of the model (BEST-RQ: 40 frames)."""
+    """Utterances with fewer fbank frames (birq_fs2.frames: 10 ms each) are skipped and
+    counted. Keep it above the model's mask span in fbank frames (span_len x fbank_stride)."""
     max_frames: int = 1600
     """Longer utterances are randomly cropped to this many frames (unlabelled audio) or
     skipped and counted (with transcripts: a crop would cut the audio, not the text)."""
     max_frames_per_batch: int = 32_000
     """Padded frames per batch (batch size x longest utterance); a multiple of max_frames."""
     normalize: str = "utterance"
+    """"utterance": per-utterance mean and variance normalisation per mel bin; "none"."""
     dither: float = 1e-4
+    """Std of the Gaussian noise added to the waveform before the filterbank (seeded by
+    utterance; keeps the log energy of digital silence off the floor)."""
     shuffle_window: int = 10_000
     """Examples shuffled together (0: the whole split; 1: no shuffling)."""
     batch_shuffle_window: int = 64
+    """Batches shuffled together after bucketing (1: no shuffling)."""
     num_parallel_calls: int = 2
+    """Utterances decoded and featurised in parallel."""
     num_prefetch: int = 4
+    """Batches prepared ahead of the trainer."""
+
+    def features(self) -> FbankConfig:
+        """The settings that travel with a model trained on this pipeline."""
+        return FbankConfig(self.num_mel_bins, self.normalize, self.dither)
 
     def validate(self) -> ValidationResult:
         """fairseq2 calls this on recipe configs (errors name the key)."""
@@ -121,7 +134,7 @@ def build_speech_pipeline(
         records.append({"id": u.id, "path": str(u.path), "text": u.text or ""})
 
     loader = AudioLoader()
-    extractor = FbankExtractor(config.num_mel_bins, config.dither, config.normalize)
+    extractor = FbankExtractor.from_config(config.features())
 
     def featurize(example: dict[str, Any]) -> dict[str, Any] | None:
         path, utt_id = example["path"], example["id"]

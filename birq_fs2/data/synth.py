@@ -27,9 +27,10 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
+from birq_fs2.frames import SAMPLE_RATE
+
 from .vocab import normalize_transcript
 
-SAMPLE_RATE = 16_000
 SUBSETS = ("train", "dev", "test")
 
 _ACCENTS = (

@@ -4,20 +4,17 @@ The fine-tuned model is fairseq2's own ``wav2vec2_asr`` family (`Wav2Vec2AsrMode
 same fbank front end and conformer encoder as `BirqModel`, wav2vec2's SpecAugment-style
 masker, a linear CTC head with blank = 0), so it loads, shards and decodes like any
 fairseq2 ASR model. This module adds its ``birq_*`` architectures (the encoders of the
-``birq`` archs), the transfer of a pretrained encoder into it, and greedy CTC decoding.
+``birq`` archs) and the transfer of a pretrained encoder into it.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
 
-import torch
 from fairseq2.models.wav2vec2 import Wav2Vec2EncoderConfig
 from fairseq2.models.wav2vec2.asr import Wav2Vec2AsrConfig
-from fairseq2.nn import BatchLayout
 from fairseq2.runtime.config_registry import ConfigRegistrar
 from fairseq2.runtime.dependency import DependencyContainer
-from torch import Tensor
 from torch.nn import Module
 
 from .config import ARCHS
@@ -87,18 +84,3 @@ def transfer_encoder(pretrained: Module, asr_model: Module, source: str) -> int:
         dst.load_state_dict(src_state, strict=True)
         copied += len(src_state)
     return copied
-
-
-def ctc_greedy_ids(logits: Tensor, layout: BatchLayout, blank: int = 0) -> list[list[int]]:
-    """Best path per utterance: argmax per frame (padding excluded), repeats merged,
-    blanks removed."""
-    best = logits.argmax(dim=-1).cpu()
-    if layout.padded:
-        lengths = [int(n) for n in layout.seq_lens]
-    else:
-        lengths = [best.shape[1]] * best.shape[0]
-    out = []
-    for row, n in zip(best, lengths, strict=True):
-        path = torch.unique_consecutive(row[:n])
-        out.append([int(i) for i in path if int(i) != blank])
-    return out

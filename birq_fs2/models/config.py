@@ -8,13 +8,15 @@ paper's abstract leaves open is a knob here.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Literal
 
 from fairseq2.models.transformer import TransformerNormOrder
 from fairseq2.models.wav2vec2 import Wav2Vec2EncoderConfig
 from fairseq2.runtime.config_registry import ConfigRegistrar
 from fairseq2.runtime.dependency import DependencyContainer
 from fairseq2.utils.validation import ValidationResult
+
+from birq_fs2.frames import FBANK_STRIDE, NUM_MEL_BINS, encoder_frame_ms
 
 BIRQ_FAMILY: Final = "birq"
 
@@ -24,7 +26,7 @@ class MaskingConfig:
     """BEST-RQ masking on the stacked input (one stacked frame = one encoder frame)."""
 
     span_len: int = 10
-    """Frames per span (10 x 40 ms = 400 ms)."""
+    """Encoder frames per span (10 x 40 ms = 400 ms with the archs' 4-frame stacking)."""
     start_prob: float = 0.065
     """Probability that a frame starts a span: 1 - (1 - p)^span_len of the frames are
     masked in expectation (49 % with the defaults; BEST-RQ aims at 40-60 %)."""
@@ -34,25 +36,35 @@ class MaskingConfig:
 
 @dataclass(kw_only=True)
 class QuantizerConfig:
+    """A frozen random-projection quantizer (BEST-RQ)."""
+
     num_codebooks: int = 1
+    """G: independent codebooks, each with its own projection; losses average over them."""
     codebook_size: int = 8192
+    """K: codes per codebook."""
     code_dim: int = 16
+    """d: dimension of the projection and of the unit-norm codes."""
     seed: int = 0
     """Seed of the frozen projection and codebook (persistent buffers)."""
 
 
 @dataclass(kw_only=True)
 class EnhancedConfig(QuantizerConfig):
+    """BiRQ's enhanced labels: the quantizer applied to the model's own layer `label_layer`."""
+
     enabled: bool = True
+    """False: no enhanced stream; the model computes exactly BEST-RQ."""
     label_layer: int | None = None
     """Conformer blocks 1..label_layer generate the enhanced labels (None: half the encoder)."""
-    label_input: str = "unmasked"
+    label_input: Literal["unmasked", "masked"] = "unmasked"
     """"unmasked": a second partial forward on the clean input (default); "masked":
     reuse the masked forward (cheaper, worse)."""
-    label_grad: str = "st"
+    label_grad: Literal["st", "stop"] = "st"
     """"st": straight-through Gumbel gradient into blocks 1..label_layer; "stop": detach."""
     logit_scale: float = 0.1
+    """Scale of the code similarities before the Gumbel softmax: softmax((s * scale + g) / tau)."""
     gumbel_noise: bool = True
+    """False: no Gumbel noise (the soft sample is then softmax(s * scale / tau))."""
 
 
 @dataclass(kw_only=True)
@@ -60,9 +72,17 @@ class BirqConfig:
     encoder_config: Wav2Vec2EncoderConfig = field(
         default_factory=lambda: _encoder(768, 12, 12, 3072)
     )
+    """fairseq2's wav2vec2 encoder config: fbank front end, conformer blocks."""
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     anchor: QuantizerConfig = field(default_factory=lambda: QuantizerConfig(seed=0))
+    """BEST-RQ's quantizer of the stacked, normalised input (the anchor labels)."""
     enhanced: EnhancedConfig = field(default_factory=lambda: EnhancedConfig(seed=1))
+    """BiRQ's quantizer of layer `label_layer` (the enhanced labels)."""
+
+    @property
+    def frame_ms(self) -> float:
+        """Duration of one encoder frame (= one stacked input frame)."""
+        return encoder_frame_ms(self.encoder_config.fbank_stride)
 
     @property
     def label_layer(self) -> int:
@@ -113,11 +133,11 @@ class BirqConfig:
 def _encoder(
     model_dim: int, layers: int, heads: int, ffn: int, kernel: int = 31
 ) -> Wav2Vec2EncoderConfig:
-    """Fbank front end stacking 4 frames (40 ms), relative-position conformer blocks."""
+    """Fbank front end stacking FBANK_STRIDE frames, relative-position conformer blocks."""
     return Wav2Vec2EncoderConfig(
-        model_dim=model_dim, max_seq_len=4096, feature_dim=80 * 4, use_fbank=True,
+        model_dim=model_dim, max_seq_len=4096, feature_dim=NUM_MEL_BINS * FBANK_STRIDE, use_fbank=True,
         first_pass_dropout_p=0.0, layer_norm_features=False, feature_extractor_layer_descs=[],
-        feature_grad_scale=0.0, num_fbank_channels=80, fbank_stride=4, sample_fbank_every_k=1,
+        feature_grad_scale=0.0, num_fbank_channels=NUM_MEL_BINS, fbank_stride=FBANK_STRIDE, sample_fbank_every_k=1,
         pos_encoder_type="relative", pos_encoder_depth=0, pos_conv_kernel_size=0, num_pos_conv_groups=0,
         use_conformer=True, num_encoder_layers=layers, num_encoder_attn_heads=heads, ffn_inner_dim=ffn,
         dropout_p=0.1, attn_dropout_p=0.1, ffn_inner_dropout_p=0.0, layer_drop_p=0.0,

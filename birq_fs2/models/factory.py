@@ -17,7 +17,7 @@ def create_birq_model(config: BirqConfig) -> BirqModel:
     factory = Wav2Vec2EncoderFactory(enc)
     encoder_frontend = factory.create_encoder_frontend()
     encoder = factory.create_encoder()
-    masker = BestRqMasker(config.masking)
+    masker = BestRqMasker(config.masking, config.frame_ms)
     anchor = config.anchor
     anchor_quantizer = RandomProjectionQuantizer(enc.feature_dim, anchor)
     anchor_head = Linear(enc.model_dim, anchor.num_codebooks * anchor.codebook_size)

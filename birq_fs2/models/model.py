@@ -1,8 +1,9 @@
 """The BiRQ / BEST-RQ model.
 
-Data path (one batch of 80-dim fbank features, 10 ms frames):
+Data path (one batch of 80-dim fbank features, 10 ms frames; the archs stack
+fbank_stride = 4 of them into one 40 ms encoder frame, see birq_fs2.frames):
 
-    fbank -> stack 4 frames (40 ms, `encoder_frontend.feature_extractor`) = u
+    fbank -> stack fbank_stride frames (`encoder_frontend.feature_extractor`) = u
     u -> parameter-free LayerNorm -> anchor quantizer -> anchor_labels
     u -> `masker` (noise spans) -> frontend -> conformer `encoder` -> h_L
     h_L[masked] -> anchor head -> cross-entropy with anchor_labels          (L_anc)
@@ -12,7 +13,7 @@ Data path (one batch of 80-dim fbank features, 10 ms frames):
     loss = L_enh + gamma * L_anc   (before refine_start: L_anc alone)
 
 A stacked frame is an encoder frame, so "masked encoder frame" is exact: it is a frame
-whose 4 input fbank frames were all replaced with noise.
+whose fbank_stride input fbank frames were all replaced with noise.
 """
 
 from __future__ import annotations
@@ -70,15 +71,17 @@ class RandomProjectionQuantizer(Module):
 
 class BestRqMasker(Module):
     """Noise spans on the stacked input: each frame starts a span with probability
-    ``start_prob``; masked frames become N(0, noise_std^2). Padding is never masked."""
+    ``start_prob``; masked frames become N(0, noise_std^2). Padding is never masked.
+    `frame_ms` (one encoder frame) only serves the error messages."""
 
-    def __init__(self, config: MaskingConfig) -> None:
+    def __init__(self, config: MaskingConfig, frame_ms: float) -> None:
         super().__init__()
         self.span_len, self.start_prob, self.noise_std = (
             config.span_len,
             config.start_prob,
             config.noise_std,
         )
+        self.frame_ms = frame_ms
 
     def forward(self, seqs: Tensor, seqs_layout: BatchLayout) -> tuple[Tensor, Tensor]:
         N, S, _ = seqs.shape
@@ -89,7 +92,7 @@ class BestRqMasker(Module):
         )
         if int(lens.min()) <= self.span_len:
             raise ValueError(
-                f"An utterance of {int(lens.min())} encoder frames ({int(lens.min()) * 40} ms) is not longer "
+                f"An utterance of {int(lens.min())} encoder frames ({int(lens.min()) * self.frame_ms:.0f} ms) is not longer "
                 f"than one mask span (masking.span_len = {self.span_len}); raise the data's min_frames."
             )
         positions = torch.arange(S, device=seqs.device)[None, :]
@@ -117,7 +120,8 @@ class BirqStep:
     gamma: float = 1.0
     tau: float = 1.0
     seed: int = 0
-    """Gumbel noise seed; derive it from (step, data-parallel rank)."""
+    """Gumbel noise seed of this batch: the recipe derives it from (seed, step, rank,
+    micro-batch index), separately for training and validation."""
 
 
 @dataclass
@@ -165,7 +169,8 @@ class BirqModel(Module):
         return self.enhanced_head is not None
 
     def stack(self, seqs: Tensor, seqs_layout: BatchLayout) -> tuple[Tensor, BatchLayout]:
-        """(N, T, 80) fbank -> (N, T // 4, 320) stacked frames, one per encoder frame."""
+        """(N, T, C) fbank -> (N, T // fbank_stride, C * fbank_stride) stacked frames, one per
+        encoder frame."""
         extractor = self.encoder_frontend.feature_extractor
         assert extractor is not None
         return extractor(seqs, seqs_layout)

@@ -6,10 +6,12 @@ from __future__ import annotations
 from fairseq2.logging import log
 from fairseq2.recipe.cli import register_cli_error
 from fairseq2.runtime.dependency import DependencyContainer
+from torch.nn import Module
 
+from birq_fs2.checkpoints import CheckpointError
 from birq_fs2.data.corpus import CorpusError
 from birq_fs2.models.asr import EncoderTransferError
-from birq_fs2.models.hub import ModelSourceError
+from birq_fs2.models.source import ModelSourceError
 
 
 class RunSetupError(ValueError):
@@ -28,6 +30,24 @@ def _non_finite_loss(ex: Exception) -> int:
 
 def register_birq_cli_errors(container: DependencyContainer) -> None:
     # fairseq2 looks handlers up by the exact exception type.
-    for kls in (CorpusError, ModelSourceError, EncoderTransferError, RunSetupError):
+    for kls in (
+        CorpusError,
+        ModelSourceError,
+        CheckpointError,
+        EncoderTransferError,
+        RunSetupError,
+    ):
         register_cli_error(container, kls, _user_error)
     register_cli_error(container, FloatingPointError, _non_finite_loss)
+
+
+def check_feature_dims(num_mel_bins: int, model: Module) -> None:
+    """Stop at setup when the data's filterbank does not have the channels the model's
+    front end stacks (it would fail later on a reshape, or train on the wrong features)."""
+    extractor = model.encoder_frontend.feature_extractor
+    channels = getattr(extractor, "num_fbank_channels", None)
+    if channels is not None and channels != num_mel_bins:
+        raise RunSetupError(
+            f"dataset.pipeline.num_mel_bins is {num_mel_bins} but the model's front end expects "
+            f"{channels} fbank channels (encoder_config.num_fbank_channels): set one to the other."
+        )

@@ -16,8 +16,6 @@ from fairseq2.datasets import Seq2SeqBatch
 from fairseq2.evaluator import EvalUnit
 from fairseq2.logging import log
 from fairseq2.metrics import Mean, MetricBag, Sum
-from fairseq2.metrics.formatters import format_as_float, format_as_int
-from fairseq2.metrics.recorders import MetricDescriptor
 from fairseq2.models.wav2vec2.asr import Wav2Vec2AsrModel
 from fairseq2.recipe.base import Recipe, RecipeContext
 from fairseq2.runtime.dependency import DependencyContainer
@@ -31,18 +29,15 @@ from typing_extensions import override
 from birq_fs2.data.dataset import AsrDataset
 from birq_fs2.data.pipeline import DataStats
 from birq_fs2.data.vocab import CharVocabulary
-from birq_fs2.models.asr import ctc_greedy_ids, transfer_encoder
-from birq_fs2.models.hub import VOCABULARY_FILE, resolve_model
-from birq_fs2.recipes.errors import RunSetupError, register_birq_cli_errors
+from birq_fs2.inference import ctc_greedy_ids
+from birq_fs2.metrics import FINETUNE_METRICS, register_metric_descriptors
+from birq_fs2.models.asr import transfer_encoder
+from birq_fs2.models.source import VOCABULARY_FILE, resolve_model
+from birq_fs2.recipes.errors import RunSetupError, check_feature_dims, register_birq_cli_errors
 from birq_fs2.scoring import count_errors
 
 from .config import BirqFinetuneConfig
 
-_DESCRIPTORS = [
-    ("cer", "Character Error Rate (CER)", 201, format_as_float),
-    ("encoder_frozen", "Encoder Frozen", 300, format_as_int),
-    ("skipped_utterances", "Skipped Utterances", 831, format_as_int),
-]
 _COUNTS = ("word_errors", "ref_words", "char_errors", "ref_chars")
 
 
@@ -51,10 +46,7 @@ class BirqFinetuneRecipe(Recipe):
     @override
     def register(self, container: DependencyContainer) -> None:
         register_birq_cli_errors(container)
-        for name, display, prio, fmt in _DESCRIPTORS:
-            container.collection.register_instance(
-                MetricDescriptor, MetricDescriptor(name, display, prio, fmt)
-            )
+        register_metric_descriptors(container, FINETUNE_METRICS)
 
     @override
     def setup_model(self, context: RecipeContext, model: Module, newly_initialized: bool) -> Module:
@@ -86,6 +78,7 @@ class BirqFinetuneRecipe(Recipe):
         dp_model = context.get_data_parallel_model()
         dataset = context.get_dataset_as(AsrDataset)
         ds = config.dataset
+        check_feature_dims(ds.pipeline.num_mel_bins, model)
         vocab = dataset.vocabulary
         num_outputs = model.final_proj.output_dim
         if num_outputs != len(vocab):

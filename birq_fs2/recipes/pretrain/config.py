@@ -32,32 +32,54 @@ class PretrainDatasetSection(DatasetSection):
     """`name`: a dataset card; or `family: birq_speech` with `config_overrides: {path: DIR}`."""
 
     name: str | None = None
+    """A dataset asset card (family ``birq_speech``), instead of `family` + `config_overrides`."""
     family: str | None = BIRQ_SPEECH_FAMILY
     train_split: str = "train"
+    """The unlabelled training split (a manifest ``<split>.tsv`` or a LibriSpeech subset)."""
     valid_split: str | None = "dev"
+    """Validated every regime.validate_every_n_steps; None: no validation."""
     pipeline: SpeechPipelineConfig = field(default_factory=SpeechPipelineConfig)
+    """Audio -> fbank -> batches (the feature settings travel with exported models)."""
 
 
 @dataclass(kw_only=True)
 class BirqScheduleSection:
-    """Step-driven schedules of the bilevel objective (they survive resume)."""
+    """Step-driven schedules of the bilevel objective (pure functions of the step number,
+    so a resumed run continues with exactly the values it would have had)."""
 
-    refine_start: float = 0.1
-    """Steps of pure BEST-RQ warm-up before the enhanced loss starts: a fraction of
-    regime.num_steps when < 1, a step count otherwise."""
+    refine_start_fraction: float = 0.1
+    """Pure BEST-RQ warm-up before the enhanced loss starts, as a fraction in [0, 1] of
+    regime.num_steps (the enhanced loss is active from the step after)."""
+    refine_start_step: int | None = None
+    """The warm-up as a step count instead; when set it replaces refine_start_fraction."""
     gamma: float = 1.0
     """Penalty weight of the anchoring loss: L = L_enh + gamma * L_anc."""
     gamma_final: float | None = None
-    """If set, gamma grows linearly from `gamma` (at refine_start) to this (last step)."""
+    """If set, gamma grows linearly from `gamma` (at refine start) to this (last step)."""
     tau_max: float = 2.0
+    """Gumbel temperature at refine start."""
     tau_min: float = 0.5
+    """Floor of the Gumbel temperature."""
     tau_decay: float = 0.999995
-    """Gumbel temperature: tau_max * tau_decay^(steps since refine_start), floored at tau_min."""
+    """Gumbel temperature: tau_max * tau_decay^(steps since refine start), floored at tau_min."""
+
+    def refine_start(self, num_steps: int) -> int:
+        """The last step of the warm-up (the enhanced loss is active after it)."""
+        if self.refine_start_step is not None:
+            return self.refine_start_step
+        return int(self.refine_start_fraction * num_steps)
 
     def validate(self) -> ValidationResult:
         result = ValidationResult()
-        if self.refine_start < 0:
-            result.add_error(f"`schedule.refine_start` must be >= 0, got {self.refine_start}.")
+        if not 0.0 <= self.refine_start_fraction <= 1.0:
+            result.add_error(
+                f"`schedule.refine_start_fraction` must be in [0, 1] (a fraction of regime.num_steps), "
+                f"got {self.refine_start_fraction}; for a step count set `schedule.refine_start_step`."
+            )
+        if self.refine_start_step is not None and self.refine_start_step < 0:
+            result.add_error(
+                f"`schedule.refine_start_step` must be >= 0 (a step count), got {self.refine_start_step}."
+            )
         if not 0 < self.tau_min <= self.tau_max:
             result.add_error(
                 f"`schedule.tau_min` ({self.tau_min}) must be in (0, tau_max = {self.tau_max}]."
@@ -71,6 +93,8 @@ class BirqScheduleSection:
 
 @dataclass(kw_only=True)
 class BirqPretrainConfig:
+    """``birq-pretrain``: the sections are fairseq2's own recipe sections plus `schedule`."""
+
     model: ModelSection = field(
         default_factory=lambda: ModelSection(family=BIRQ_FAMILY, arch="base")
     )

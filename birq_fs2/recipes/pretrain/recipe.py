@@ -4,6 +4,7 @@ validation, metric recorders). BEST-RQ is the same recipe with a ``bestrq_*`` ar
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any, final
 
 import torch
@@ -11,8 +12,6 @@ from fairseq2.datasets import SequenceBatch
 from fairseq2.evaluator import EvalUnit
 from fairseq2.logging import log
 from fairseq2.metrics import Mean, MetricBag, Sum
-from fairseq2.metrics.formatters import format_as_float, format_as_int
-from fairseq2.metrics.recorders import MetricDescriptor
 from fairseq2.recipe.base import Recipe, RecipeContext
 from fairseq2.runtime.dependency import DependencyContainer
 from fairseq2.task import Task
@@ -23,29 +22,18 @@ from typing_extensions import override
 
 from birq_fs2.data.dataset import SpeechDataset
 from birq_fs2.data.pipeline import DataStats
+from birq_fs2.metrics import (
+    ENHANCED_KEYS,
+    PRETRAIN_METRICS,
+    codebook_usage,
+    normalized_mutual_information,
+    register_metric_descriptors,
+)
 from birq_fs2.models.model import BirqModel, BirqOutput, BirqStep
-from birq_fs2.recipes.errors import register_birq_cli_errors
+from birq_fs2.recipes.errors import check_feature_dims, register_birq_cli_errors
 from birq_fs2.seeds import derive_seed
 
 from .config import BirqPretrainConfig, BirqScheduleSection
-
-# name, display name, priority, formatter
-_DESCRIPTORS = [
-    ("anchor_loss", "Anchor Loss", 101, format_as_float),
-    ("enhanced_loss", "Enhanced Loss", 102, format_as_float),
-    ("anchor_accuracy", "Anchor Accuracy", 103, format_as_float),
-    ("enhanced_accuracy", "Enhanced Accuracy", 104, format_as_float),
-    ("anchor_codes_used", "Anchor Codes Used", 105, format_as_float),
-    ("anchor_perplexity", "Anchor Code Perplexity", 106, format_as_float),
-    ("enhanced_codes_used", "Enhanced Codes Used", 107, format_as_float),
-    ("enhanced_perplexity", "Enhanced Code Perplexity", 108, format_as_float),
-    ("label_nmi", "Anchor/Enhanced Label NMI", 109, format_as_float),
-    ("mask_rate", "Mask Rate", 110, format_as_float),
-    ("gamma", "Gamma", 111, format_as_float),
-    ("tau", "Gumbel Tau", 112, format_as_float),
-    ("num_targets", "Masked Frames", 830, format_as_int),
-    ("skipped_utterances", "Skipped Utterances", 831, format_as_int),
-]
 
 
 @final
@@ -53,10 +41,7 @@ class BirqPretrainRecipe(Recipe):
     @override
     def register(self, container: DependencyContainer) -> None:
         register_birq_cli_errors(container)
-        for name, display, prio, fmt in _DESCRIPTORS:
-            container.collection.register_instance(
-                MetricDescriptor, MetricDescriptor(name, display, prio, fmt)
-            )
+        register_metric_descriptors(container, PRETRAIN_METRICS)
 
     @override
     def create_task(self, context: RecipeContext) -> Task:
@@ -65,6 +50,7 @@ class BirqPretrainRecipe(Recipe):
         dp_model = context.get_data_parallel_model()
         dataset = context.get_dataset_as(SpeechDataset)
         ds = config.dataset
+        check_feature_dims(ds.pipeline.num_mel_bins, model)
         log.info(
             "birq: {:,} parameters; enhanced stream {}; label layer {}.",
             sum(p.numel() for p in model.parameters()),
@@ -103,13 +89,12 @@ class BirqPretrainRecipe(Recipe):
 
 
 class StepSchedule:
-    """gamma, tau, the enhanced-loss switch and the Gumbel seed as pure functions of the
-    step number: a resumed run continues with exactly the values it would have had."""
+    """gamma, tau, the enhanced-loss switch and the Gumbel noise seeds as pure functions of
+    the step number: a resumed run continues with exactly the values it would have had."""
 
     def __init__(self, section: BirqScheduleSection, num_steps: int, seed: int, rank: int) -> None:
         self.section, self.num_steps, self.seed, self.rank = section, num_steps, seed, rank
-        r = section.refine_start
-        self.refine_start = int(r * num_steps) if r < 1 else int(r)
+        self.refine_start = section.refine_start(num_steps)
 
     def __call__(self, step_nr: int) -> BirqStep:
         s = self.section
@@ -120,45 +105,43 @@ class StepSchedule:
             frac = min(1.0, max(0.0, since / (self.num_steps - self.refine_start)))
             gamma = s.gamma + frac * (s.gamma_final - s.gamma)
         tau = max(s.tau_min, s.tau_max * s.tau_decay ** max(0, since))
-        seed = derive_seed(self.seed, step_nr, self.rank)
-        return BirqStep(enhanced_active=since > 0, gamma=gamma, tau=tau, seed=seed)
+        return BirqStep(enhanced_active=since > 0, gamma=gamma, tau=tau)
+
+    def noise_seed(self, stream: str, step_nr: int, batch_nr: int) -> int:
+        """The Gumbel noise seed of one batch: the trainer runs the unit once per
+        micro-batch (gradient accumulation) and validation runs many batches per step, so
+        the batch index is part of the key, and validation ("valid") draws from its own
+        stream, never from the training one."""
+        return derive_seed(self.seed, "gumbel", stream, step_nr, self.rank, batch_nr)
+
+
+class StreamMean(Mean):
+    """A `Mean` that may see no update in a publish interval (the enhanced metrics of a
+    BEST-RQ run, or of BiRQ before refine start): it computes NaN instead of warning,
+    and `_drop_inactive` leaves it out of the recorded values."""
+
+    @override
+    def compute(self) -> Tensor:
+        if not self.weights:
+            return torch.tensor(float("nan"), dtype=torch.float64)
+        return self.weighted_sum / self.weights
 
 
 def _add_metrics(bag: MetricBag) -> None:
-    for name in ("loss", "anchor_loss", "enhanced_loss", "anchor_accuracy", "enhanced_accuracy",
-                 "anchor_codes_used", "anchor_perplexity", "enhanced_codes_used", "enhanced_perplexity",
-                 "label_nmi", "mask_rate", "gamma", "tau"):  # fmt: skip
+    for name in ("loss", "anchor_loss", "anchor_accuracy", "anchor_codes_used",
+                 "anchor_perplexity", "mask_rate", "gamma", "tau"):  # fmt: skip
         bag.add(name, Mean())
+    for name in ENHANCED_KEYS:
+        bag.add(name, StreamMean())
     bag.add("num_targets", Sum())
     bag.add("num_examples", Sum())
 
 
-def codebook_usage(labels: Tensor, codebook_size: int) -> tuple[float, float]:
-    """(distinct codes used, perplexity = exp(entropy)) of a batch of labels, per codebook mean."""
-    used, ppl = [], []
-    for g in range(labels.shape[1]):
-        counts = torch.bincount(labels[:, g], minlength=codebook_size).float()
-        p = counts[counts > 0] / counts.sum()
-        used.append(float((counts > 0).sum()))
-        ppl.append(float(torch.exp(-(p * p.log()).sum())))
-    return sum(used) / len(used), sum(ppl) / len(ppl)
-
-
-def normalized_mutual_information(a: Tensor, b: Tensor) -> float:
-    """NMI (arithmetic normalisation) between two label sequences of the same frames."""
-    if a.numel() == 0:
-        return 0.0
-    _, ia = torch.unique(a, return_inverse=True)
-    _, ib = torch.unique(b, return_inverse=True)
-    joint = torch.zeros(int(ia.max()) + 1, int(ib.max()) + 1)
-    joint.index_put_((ia, ib), torch.ones_like(ia, dtype=torch.float), accumulate=True)
-    joint /= joint.sum()
-    pa, pb = joint.sum(1), joint.sum(0)
-    nz = joint > 0
-    mi = (joint[nz] * (joint[nz] / (pa[:, None] * pb[None, :])[nz]).log()).sum()
-    ha, hb = -(pa * pa.log()).sum(), -(pb * pb.log()).sum()
-    denom = (ha + hb) / 2
-    return float(mi / denom) if denom > 0 else 1.0
+def _drop_inactive(values: dict[str, Any]) -> None:
+    for name in ENHANCED_KEYS:
+        value = values.get(name)
+        if isinstance(value, Tensor) and value.isnan().all():
+            del values[name]
 
 
 @torch.no_grad()
@@ -209,8 +192,7 @@ class BirqTrainUnit(TrainUnit[SequenceBatch]):
         self, dp_model: Module, model: BirqModel, schedule: StepSchedule, stats: DataStats
     ) -> None:
         self._dp_model, self._model, self._schedule, self._stats = dp_model, model, schedule, stats
-        self._step_nr = 1
-        self._step = schedule(1)
+        self.set_step_nr(1)
 
     @override
     def prepare_metric_bag(self, metric_bag: MetricBag) -> None:
@@ -218,13 +200,16 @@ class BirqTrainUnit(TrainUnit[SequenceBatch]):
 
     @override
     def set_step_nr(self, step_nr: int) -> None:
-        self._step_nr = step_nr
+        self._step_nr, self._batch_nr = step_nr, 0
         self._step = self._schedule(step_nr)
 
     @override
     def process_batch(self, batch: SequenceBatch, metric_bag: MetricBag) -> tuple[Tensor, int]:
         seqs, layout = batch.as_input()
-        out: BirqOutput = self._dp_model(seqs, layout, self._step)
+        seed = self._schedule.noise_seed("train", self._step_nr, self._batch_nr)
+        self._batch_nr += 1
+        step = replace(self._step, seed=seed)
+        out: BirqOutput = self._dp_model(seqs, layout, step)
         if not torch.isfinite(out.loss):
             # Stop at once: a NaN step would poison every later checkpoint.
             enhanced = "off" if out.enhanced_loss is None else f"{out.enhanced_loss.item():.4g}"
@@ -233,12 +218,13 @@ class BirqTrainUnit(TrainUnit[SequenceBatch]):
                 f"{enhanced}, utterances {batch.example['ids'][:3]}...). The last checkpoint is intact: "
                 "lower optimizer.config.lr (or trainer.max_grad_norm) and re-run the command to resume."
             )
-        _update_metrics(metric_bag, batch, out, self._step, self._model)
+        _update_metrics(metric_bag, batch, out, step, self._model)
         # A summed loss with its target count: the trainer normalises by the step's total.
         return out.loss, out.num_targets
 
     @override
     def process_metric_values(self, values: dict[str, Any]) -> None:
+        _drop_inactive(values)
         values["skipped_utterances"] = self._stats.num_skipped
 
 
@@ -246,7 +232,7 @@ class BirqTrainUnit(TrainUnit[SequenceBatch]):
 class BirqEvalUnit(EvalUnit[SequenceBatch]):
     def __init__(self, dp_model: Module, model: BirqModel, schedule: StepSchedule) -> None:
         self._dp_model, self._model, self._schedule = dp_model, model, schedule
-        self._step = schedule(1)
+        self.set_train_step_nr(1)
 
     @property
     @override
@@ -259,10 +245,20 @@ class BirqEvalUnit(EvalUnit[SequenceBatch]):
 
     @override
     def set_train_step_nr(self, step_nr: int) -> None:
+        # Called once before each validation: batch indices restart, so a validation at
+        # a given step draws the same noise whether or not the run was resumed.
+        self._step_nr, self._batch_nr = step_nr, 0
         self._step = self._schedule(step_nr)
 
     @override
     def process_batch(self, batch: SequenceBatch, metric_bag: MetricBag) -> None:
         seqs, layout = batch.as_input()
-        out: BirqOutput = self._dp_model(seqs, layout, self._step)
-        _update_metrics(metric_bag, batch, out, self._step, self._model)
+        seed = self._schedule.noise_seed("valid", self._step_nr, self._batch_nr)
+        self._batch_nr += 1
+        step = replace(self._step, seed=seed)
+        out: BirqOutput = self._dp_model(seqs, layout, step)
+        _update_metrics(metric_bag, batch, out, step, self._model)
+
+    @override
+    def process_metric_values(self, values: dict[str, Any]) -> None:
+        _drop_inactive(values)

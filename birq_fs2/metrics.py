@@ -1,0 +1,123 @@
+"""The metrics of our recipes: one table of keys and display names, and the label statistics.
+
+fairseq2 records a metric under its key in the metric bag and writes it under its display
+name (logs, TensorBoard, ``metrics/*.jsonl``). The recipes register the descriptors below;
+the reports and tests read the JSONL files through the same names, so a rename here
+renames everywhere and cannot silently drop a curve.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+from fairseq2.metrics.formatters import format_as_float, format_as_int
+from fairseq2.metrics.recorders import MetricDescriptor
+from fairseq2.runtime.dependency import DependencyContainer
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    """The name in the metric bag (and in `process_metric_values`)."""
+    display: str
+    """The name in logs and in ``metrics/*.jsonl``."""
+    priority: int = 999
+    formatter: Callable[[object], str] = format_as_float
+    builtin: bool = False
+    """Registered by fairseq2 itself; listed so that reports read its display name here."""
+
+
+def _table(*metrics: Metric) -> dict[str, Metric]:
+    return {m.key: m for m in metrics}
+
+
+# fairseq2's own descriptors that our reports read (fairseq2/recipe/composition/metric_recorders.py).
+LOSS = Metric("loss", "Loss", builtin=True)
+CTC_LOSS = Metric("ctc_loss", "CTC Loss", builtin=True)
+WER = Metric("wer", "Word Error Rate (WER)", builtin=True)
+LEARNING_RATE = Metric("lr", "Learning Rate", builtin=True)
+
+PRETRAIN_METRICS = _table(
+    LOSS,
+    LEARNING_RATE,
+    Metric("anchor_loss", "Anchor Loss", 101),
+    Metric("enhanced_loss", "Enhanced Loss", 102),
+    Metric("anchor_accuracy", "Anchor Accuracy", 103),
+    Metric("enhanced_accuracy", "Enhanced Accuracy", 104),
+    Metric("anchor_codes_used", "Anchor Codes Used", 105),
+    Metric("anchor_perplexity", "Anchor Code Perplexity", 106),
+    Metric("enhanced_codes_used", "Enhanced Codes Used", 107),
+    Metric("enhanced_perplexity", "Enhanced Code Perplexity", 108),
+    Metric("label_nmi", "Anchor/Enhanced Label NMI", 109),
+    Metric("mask_rate", "Mask Rate", 110),
+    Metric("gamma", "Gamma", 111),
+    Metric("tau", "Gumbel Tau", 112),
+    Metric("num_targets", "Masked Frames", 830, format_as_int),
+    Metric("skipped_utterances", "Skipped Utterances", 831, format_as_int),
+)
+
+FINETUNE_METRICS = _table(
+    LOSS,
+    LEARNING_RATE,
+    CTC_LOSS,
+    WER,
+    Metric("cer", "Character Error Rate (CER)", 201),
+    Metric("encoder_frozen", "Encoder Frozen", 300, format_as_int),
+    Metric("skipped_utterances", "Skipped Utterances", 831, format_as_int),
+)
+
+ENHANCED_KEYS = (
+    "enhanced_loss", "enhanced_accuracy", "enhanced_codes_used", "enhanced_perplexity", "label_nmi",
+)  # fmt: skip
+"""Pretraining metrics of the enhanced stream: recorded only while it is active."""
+
+
+def display(key: str, table: dict[str, Metric] = PRETRAIN_METRICS) -> str:
+    """The display name of `key` (the JSONL column)."""
+    return table[key].display
+
+
+def register_metric_descriptors(container: DependencyContainer, table: dict[str, Metric]) -> None:
+    for m in table.values():
+        if not m.builtin:
+            container.collection.register_instance(
+                MetricDescriptor, MetricDescriptor(m.key, m.display, m.priority, m.formatter)
+            )
+
+
+def codebook_usage(labels: Tensor, codebook_size: int) -> tuple[float, float]:
+    """(distinct codes used, perplexity = exp(entropy)) of (N, G) labels, mean over codebooks."""
+    used, ppl = [], []
+    for g in range(labels.shape[1]):
+        counts = torch.bincount(labels[:, g], minlength=codebook_size).float()
+        p = counts[counts > 0] / counts.sum()
+        used.append(float((counts > 0).sum()))
+        ppl.append(float(torch.exp(-(p * p.log()).sum())))
+    return sum(used) / len(used), sum(ppl) / len(ppl)
+
+
+def normalized_mutual_information(a: Tensor, b: Tensor) -> float:
+    """NMI (arithmetic normalisation) between two label sequences of the same frames."""
+    if a.numel() == 0:
+        return 0.0
+    _, ia = torch.unique(a, return_inverse=True)
+    _, ib = torch.unique(b, return_inverse=True)
+    joint = torch.zeros(int(ia.max()) + 1, int(ib.max()) + 1)
+    joint.index_put_((ia, ib), torch.ones_like(ia, dtype=torch.float), accumulate=True)
+    joint /= joint.sum()
+    pa, pb = joint.sum(1), joint.sum(0)
+    nz = joint > 0
+    mi = (joint[nz] * (joint[nz] / (pa[:, None] * pb[None, :])[nz]).log()).sum()
+    ha, hb = -(pa * pa.log()).sum(), -(pb * pb.log()).sum()
+    denom = (ha + hb) / 2
+    return float(mi / denom) if denom > 0 else 1.0
+
+
+def series(rows: Iterable[dict], key: str, table: dict[str, Metric]) -> list[tuple[int, float]]:
+    """(step, value) points of metric `key` in JSONL rows; rows without it are skipped,
+    zeros are kept."""
+    name = table[key].display
+    return [(r["Step"], r[name]) for r in rows if isinstance(r.get(name), (int, float))]
