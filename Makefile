@@ -39,7 +39,7 @@ test: setup
 
 # Everything but the Triton interpreter and AOT-compile tests.
 test-fast: setup
-	$(PY) -m pytest -q -m "not triton_interpret" --deselect tests/test_triton.py::test_kernels_compile_for_gpu_targets
+	$(PY) -m pytest -q -m "not triton_interpret and not aot"
 
 lint: setup
 	$(PY) -m ruff check birq_fs2 kernels tests benchmarks

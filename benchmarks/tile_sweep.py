@@ -5,8 +5,8 @@
 Times `_rpq_labels_kernel` and the Gumbel forward/backward kernels alone (their inputs
 z, codebook, log_probs prepared once) with triton.testing.do_bench (median) for each
 (BLOCK_N, BLOCK_K, num_warps), and checks each labels config against the eager reference.
-The shipped sizes are kernels/rpq_labels.py's `block_sizes` and `LABELS_BLOCK_K`, and
-gumbel_rpq.GUMBEL_BLOCK_N.
+The shipped sizes are the LABELS_BLOCK_*, GUMBEL_BLOCK_* and NUM_WARPS constants of
+kernels/_triton_common.py (`block_sizes` there shrinks the code tile for small K).
 """
 
 # ruff: noqa: B023 - the closures below run inside the iteration that defines them

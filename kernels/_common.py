@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from typing import Literal
 
 import torch
@@ -124,6 +125,15 @@ def resolve_backend(backend: str, device: torch.device) -> str:
                 "before importing triton to run the kernels in the interpreter on the CPU."
             )
     return backend
+
+
+def select_backend(table: Mapping[str, Callable], backend: str, device: torch.device) -> Callable:
+    """The implementation of an op for `backend` ("auto" resolved for `device`).
+
+    `table` maps each concrete backend ("reference", "chunked", "triton") to one
+    function with the op's signature, so adding a backend is one entry per op.
+    """
+    return table[resolve_backend(backend, device)]
 
 
 def project_normalize(

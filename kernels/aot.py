@@ -20,63 +20,44 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from .gumbel_rpq import GUMBEL_BLOCK_N, _gumbel_rpq_bwd_kernel, _gumbel_rpq_fwd_kernel
-from .rpq_labels import LABELS_BLOCK_K, _rpq_labels_kernel, block_sizes
+from ._triton_common import NUM_WARPS, KernelSpec
+from .gumbel_rpq import GUMBEL_BWD_SPEC, GUMBEL_FWD_SPEC
+from .rpq_labels import LABELS_SPEC
 
-_INTS = ("N", "G", "K", "d")
-_LP_STRIDES = {"stride_lp_n": "i64", "stride_lp_g": "i64", "stride_lp_k": "i32"}
-_GUMBEL_SCALARS = {"inv_scale": "fp32", "inv_tau": "fp32", "key_row": "i32", "key_col": "i32"}
+SPECS: dict[str, KernelSpec] = {s.name: s for s in (LABELS_SPEC, GUMBEL_FWD_SPEC, GUMBEL_BWD_SPEC)}
+KERNELS = tuple(SPECS)
+
+# Values of the kernels' flag constexprs (the tile sizes come from the specs): the
+# costliest variant, so that the resources reported are an upper bound.
+_FLAGS = {"WRITE_GRAD_LP": True}
 
 
-def _specs(lp_dtype: str, noise: bool, d: int, K: int):
-    def blocks_for(rows: int, max_block_k: int = 64) -> dict:
-        block_n, block_k, block_d = block_sizes(d, K, rows, max_block_k)
-        return {"BLOCK_N": block_n, "BLOCK_K": block_k, "BLOCK_D": block_d}
+def kernel_source(
+    name: str, *, lp_dtype: str = "fp32", noise: bool = True, d: int = 16, K: int = 8192,
+    constants: dict | None = None,
+) -> ASTSource:  # fmt: skip
+    """The compile input of kernel `name`, typed from its `KernelSpec`.
 
-    blocks, gumbel_blocks = blocks_for(64, LABELS_BLOCK_K), blocks_for(GUMBEL_BLOCK_N)
-    ints = {name: "i32" for name in _INTS}
-    return {
-        "rpq_labels": (
-            _rpq_labels_kernel,
-            {"z_ptr": "*fp32", "codebook_ptr": "*fp32", "labels_ptr": "*i64", **ints},
-            blocks,
-        ),
-        "gumbel_rpq_fwd": (
-            _gumbel_rpq_fwd_kernel,
-            {
-                "z_ptr": "*fp32",
-                "codebook_ptr": "*fp32",
-                "log_probs_ptr": f"*{lp_dtype}",
-                "labels_ptr": "*i64",
-                "loss_ptr": "*fp32",
-                "stats_ptr": "*fp32",
-                **ints,
-                **_LP_STRIDES,
-                **_GUMBEL_SCALARS,
-            },  # fmt: skip
-            {"NOISE": noise, **gumbel_blocks},
-        ),
-        "gumbel_rpq_bwd": (
-            _gumbel_rpq_bwd_kernel,
-            {
-                "z_ptr": "*fp32",
-                "codebook_ptr": "*fp32",
-                "log_probs_ptr": f"*{lp_dtype}",
-                "labels_ptr": "*i64",
-                "stats_ptr": "*fp32",
-                "grad_loss_ptr": "*fp32",
-                "grad_z_ptr": "*fp32",
-                "grad_lp_ptr": f"*{lp_dtype}",
-                **ints,
-                **_LP_STRIDES,
-                **_GUMBEL_SCALARS,
-            },  # fmt: skip
-            {"NOISE": noise, "WRITE_GRAD_LP": True, **gumbel_blocks},
-        ),
+    `constants` turns runtime arguments into constants, as the JIT does for ints equal
+    to 1; every constexpr of the kernel must get a value, or this raises.
+    """
+    if name not in SPECS:
+        raise ValueError(f"`name` must be one of {KERNELS}, got {name!r}.")
+    spec = SPECS[name]
+    flags = {"NOISE": noise, **_FLAGS}
+    constexprs = {
+        **spec.blocks(d, K),
+        **{key: value for key, value in flags.items() if key in spec.constexprs},
+        **(constants or {}),
     }
-
-
-KERNELS = ("rpq_labels", "gumbel_rpq_fwd", "gumbel_rpq_bwd")
+    missing = [key for key in spec.constexprs if key not in constexprs]
+    if missing:
+        raise ValueError(f"No AOT value for constexpr(s) {missing} of {name!r}: add to _FLAGS.")
+    signature = {
+        key: "constexpr" if key in constexprs else spec.arg_types[key].format(lp=lp_dtype)
+        for key in spec.params
+    }
+    return ASTSource(spec.kernel, signature=signature, constexprs=constexprs)
 
 
 @dataclass
@@ -119,12 +100,10 @@ def compile_kernel(
     K: int = 8192,
 ) -> CompiledKernelInfo:  # fmt: skip
     """Compile kernel `name` for compute capability `cc` (80: A100, 90: H100)."""
-    if name not in KERNELS:
-        raise ValueError(f"`name` must be one of {KERNELS}, got {name!r}.")
-    fn, signature, constexprs = _specs(lp_dtype, noise, d, K)[name]
-    signature = {**signature, **{key: "constexpr" for key in constexprs}}
-    src = ASTSource(fn, signature=signature, constexprs=constexprs)
-    compiled = triton.compile(src, target=GPUTarget("cuda", cc, 32), options={"num_warps": 4})
+    src = kernel_source(name, lp_dtype=lp_dtype, noise=noise, d=d, K=K)
+    compiled = triton.compile(
+        src, target=GPUTarget("cuda", cc, 32), options={"num_warps": NUM_WARPS}
+    )
     regs, spills = _resource_usage(compiled.asm["cubin"])
     return CompiledKernelInfo(
         kernel=name,

@@ -36,19 +36,17 @@ from ._common import (
     first_argmax,
     project_normalize,
     reference_project_normalize,
-    resolve_backend,
+    select_backend,
 )
 from ._rng import as_int32, gumbel_noise, gumbel_noise_rows, seed_keys
+from ._triton_common import GUMBEL_BLOCK_K, GUMBEL_BLOCK_N, SHAPE_ARGS, KernelSpec
 
 if HAS_TRITON:
     import triton
     import triton.language as tl
 
-    from ._rng import col_keys_tl, gumbel_tl, row_keys_tl
-    from .rpq_labels import block_sizes
-
-
-GUMBEL_BLOCK_N = 32  # rows per program of the Gumbel kernels (see block_sizes)
+    from ._rng import row_keys_tl
+    from ._triton_common import gumbel_scores, load_code_tile, load_z_tile
 
 # --------------------------------------------------------------------------- reference
 
@@ -122,7 +120,7 @@ def _chunked_forward(z, codebook, log_probs, inv_scale, inv_tau, seed, noise):
     return loss, labels, stats
 
 
-def _chunked_backward(z, codebook, log_probs, stats, grad_loss, inv_scale, inv_tau, seed, noise):
+def _chunked_grad_z(z, codebook, log_probs, stats, grad_loss, inv_scale, inv_tau, seed, noise):
     N, G, d = z.shape
     K = codebook.shape[1]
     rows = min(N, chunk_rows(K))
@@ -144,6 +142,21 @@ def _chunked_backward(z, codebook, log_probs, stats, grad_loss, inv_scale, inv_t
             grad_u = pi.mul_(torch.sub(e[:, None], lp).mul_(coef))
             grad_z[start:stop, g] = torch.mm(grad_u, codes).mul_(inv_scale)
     return grad_z
+
+
+def _chunked_backward(
+    z, codebook, log_probs, labels, stats, grad_loss, inv_scale, inv_tau, seed, noise,
+    want_x, want_lp,
+):  # fmt: skip
+    grad_z = grad_lp = None
+    if want_x:
+        grad_z = _chunked_grad_z(
+            z, codebook, log_probs, stats, grad_loss, inv_scale, inv_tau, seed, noise
+        )
+    if want_lp:
+        grad_lp = torch.zeros_like(log_probs)
+        grad_lp.scatter_(2, labels[:, :, None], (-grad_loss[:, :, None]).to(grad_lp.dtype))
+    return grad_z, grad_lp
 
 
 # ----------------------------------------------------------------------------- triton
@@ -180,13 +193,8 @@ if HAS_TRITON:
         dims = tl.arange(0, BLOCK_D)
         row_ok = rows < N
         dim_ok = dims < d
-        z = tl.load(
-            z_ptr + (rows[:, None] * G + g) * d + dims[None, :],
-            mask=row_ok[:, None] & dim_ok[None, :],
-            other=0.0,
-        )
-        if NOISE:
-            row_key = row_keys_tl(rows, g, G, key_row)
+        z = load_z_tile(z_ptr, rows, row_ok, g, G, d, dims, dim_ok)
+        row_key = row_keys_tl(rows, g, G, key_row)  # dead code, so compiled out, without NOISE
         lp_rows = log_probs_ptr + rows.to(tl.int64) * stride_lp_n + g * stride_lp_g
 
         best = tl.full([BLOCK_N], float("-inf"), tl.float32)
@@ -197,14 +205,8 @@ if HAS_TRITON:
         for k0 in range(0, K, BLOCK_K):
             codes = k0 + tl.arange(0, BLOCK_K)
             code_ok = codes < K
-            c = tl.load(
-                codebook_ptr + (g * K + codes[:, None]) * d + dims[None, :],
-                mask=code_ok[:, None] & dim_ok[None, :],
-                other=0.0,
-            )
-            u = tl.dot(z, tl.trans(c), input_precision="ieee") * inv_scale
-            if NOISE:
-                u += gumbel_tl(row_key, col_keys_tl(codes, key_col))
+            c = load_code_tile(codebook_ptr, codes, code_ok, g, K, d, dims, dim_ok)
+            u = gumbel_scores(z, c, codes, inv_scale, row_key, key_col, NOISE)
             u = tl.where(code_ok[None, :], u, float("-inf"))
             tile_best, tile_idx = tl.max(
                 u, axis=1, return_indices=True, return_indices_tie_break_left=True
@@ -269,19 +271,14 @@ if HAS_TRITON:
         row_ok = rows < N
         dim_ok = dims < d
         out = rows * G + g
-        z = tl.load(
-            z_ptr + out[:, None] * d + dims[None, :],
-            mask=row_ok[:, None] & dim_ok[None, :],
-            other=0.0,
-        )
+        z = load_z_tile(z_ptr, rows, row_ok, g, G, d, dims, dim_ok)
         m = tl.load(stats_ptr + out * 3, mask=row_ok, other=0.0)
         inv_l = 1.0 / tl.load(stats_ptr + out * 3 + 1, mask=row_ok, other=1.0)
         e = tl.load(stats_ptr + out * 3 + 2, mask=row_ok, other=0.0)
         grad_loss = tl.load(grad_loss_ptr + out, mask=row_ok, other=0.0)
         label = tl.load(labels_ptr + out, mask=row_ok, other=-1).to(tl.int32)
         coef = grad_loss * inv_tau
-        if NOISE:
-            row_key = row_keys_tl(rows, g, G, key_row)
+        row_key = row_keys_tl(rows, g, G, key_row)  # dead code, so compiled out, without NOISE
         lp_rows = log_probs_ptr + rows.to(tl.int64) * stride_lp_n + g * stride_lp_g
         grad_rows = grad_lp_ptr + out.to(tl.int64) * K
 
@@ -290,14 +287,9 @@ if HAS_TRITON:
             codes = k0 + tl.arange(0, BLOCK_K)
             code_ok = codes < K
             tile_ok = row_ok[:, None] & code_ok[None, :]
-            c = tl.load(
-                codebook_ptr + (g * K + codes[:, None]) * d + dims[None, :],
-                mask=code_ok[:, None] & dim_ok[None, :],
-                other=0.0,
-            )
-            u = tl.dot(z, tl.trans(c), input_precision="ieee") * inv_scale
-            if NOISE:
-                u += gumbel_tl(row_key, col_keys_tl(codes, key_col))
+            c = load_code_tile(codebook_ptr, codes, code_ok, g, K, d, dims, dim_ok)
+            # The forward's scores, bit for bit: same helper, same noise coordinates.
+            u = gumbel_scores(z, c, codes, inv_scale, row_key, key_col, NOISE)
             pi = tl.exp(u * inv_tau - m[:, None]) * inv_l[:, None]
             lp = tl.load(lp_rows[:, None] + codes[None, :] * stride_lp_k, mask=tile_ok, other=0.0)
             grad_u = pi * (e[:, None] - lp.to(tl.float32)) * coef[:, None]
@@ -317,6 +309,46 @@ if HAS_TRITON:
             mask=row_ok[:, None] & dim_ok[None, :],
         )
 
+    # log_probs travels in its own dtype (and strides); the backward writes grad_lp in it.
+    _LP_ARGS = {"stride_lp_n": "i64", "stride_lp_g": "i64", "stride_lp_k": "i32"}
+    _SCALAR_ARGS = {"inv_scale": "fp32", "inv_tau": "fp32", "key_row": "i32", "key_col": "i32"}
+    GUMBEL_FWD_SPEC = KernelSpec(
+        "gumbel_rpq_fwd",
+        _gumbel_rpq_fwd_kernel,
+        {
+            "z_ptr": "*fp32",
+            "codebook_ptr": "*fp32",
+            "log_probs_ptr": "*{lp}",
+            "labels_ptr": "*i64",
+            "loss_ptr": "*fp32",
+            "stats_ptr": "*fp32",
+            **SHAPE_ARGS,
+            **_LP_ARGS,
+            **_SCALAR_ARGS,
+        },
+        GUMBEL_BLOCK_N,
+        GUMBEL_BLOCK_K,
+    )
+    GUMBEL_BWD_SPEC = KernelSpec(
+        "gumbel_rpq_bwd",
+        _gumbel_rpq_bwd_kernel,
+        {
+            "z_ptr": "*fp32",
+            "codebook_ptr": "*fp32",
+            "log_probs_ptr": "*{lp}",
+            "labels_ptr": "*i64",
+            "stats_ptr": "*fp32",
+            "grad_loss_ptr": "*fp32",
+            "grad_z_ptr": "*fp32",
+            "grad_lp_ptr": "*{lp}",
+            **SHAPE_ARGS,
+            **_LP_ARGS,
+            **_SCALAR_ARGS,
+        },
+        GUMBEL_BLOCK_N,
+        GUMBEL_BLOCK_K,
+    )
+
 
 def _triton_forward(z, codebook, log_probs, inv_scale, inv_tau, seed, noise):
     N, G, d = z.shape
@@ -325,31 +357,28 @@ def _triton_forward(z, codebook, log_probs, inv_scale, inv_tau, seed, noise):
     loss = torch.empty(N, G, device=z.device, dtype=torch.float32)
     stats = torch.empty(N, G, 3, device=z.device, dtype=torch.float32)
     key_row, key_col = seed_keys(seed)
-    block_n, block_k, block_d = block_sizes(d, K, GUMBEL_BLOCK_N)
-    grid = (triton.cdiv(N, block_n), G)
-    _gumbel_rpq_fwd_kernel[grid](
+    GUMBEL_FWD_SPEC.launch(
         z, codebook, log_probs, labels, loss, stats, N, G, K, d,
         *log_probs.stride(), inv_scale, inv_tau, as_int32(key_row), as_int32(key_col),
-        NOISE=noise, BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_D=block_d, num_warps=4,
+        NOISE=noise,
     )  # fmt: skip
     return loss, labels, stats
 
 
 def _triton_backward(
-    z, codebook, log_probs, labels, stats, grad_loss, inv_scale, inv_tau, seed, noise, want_lp
-):
+    z, codebook, log_probs, labels, stats, grad_loss, inv_scale, inv_tau, seed, noise,
+    want_x, want_lp,
+):  # fmt: skip
+    # One kernel pass yields grad_z whether or not x wants it; only grad_lp is optional.
     N, G, d = z.shape
     K = codebook.shape[1]
     grad_z = torch.empty_like(z)
     grad_lp = torch.empty(N, G, K, device=z.device, dtype=log_probs.dtype) if want_lp else grad_z
     key_row, key_col = seed_keys(seed)
-    block_n, block_k, block_d = block_sizes(d, K, GUMBEL_BLOCK_N)
-    grid = (triton.cdiv(N, block_n), G)
-    _gumbel_rpq_bwd_kernel[grid](
+    GUMBEL_BWD_SPEC.launch(
         z, codebook, log_probs, labels, stats, grad_loss, grad_z, grad_lp, N, G, K, d,
         *log_probs.stride(), inv_scale, inv_tau, as_int32(key_row), as_int32(key_col),
         NOISE=noise, WRITE_GRAD_LP=want_lp,
-        BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_D=block_d, num_warps=4,
     )  # fmt: skip
     return grad_z, (grad_lp if want_lp else None)
 
@@ -358,53 +387,59 @@ def _triton_backward(
 
 
 class GumbelRPQCrossEntropy(torch.autograd.Function):
-    """Fused forward/backward; saves O(N * G * d) state, never O(N * K)."""
+    """Fused forward/backward; saves O(N * G * d) state, never O(N * K).
+
+    `passes` is a (forward, backward) pair of one fused backend: `_chunked_*` or `_triton_*`.
+    """
 
     @staticmethod
-    def forward(ctx, x, projection, codebook, log_probs, tau, logit_scale, seed, noise, backend):
+    def forward(ctx, x, projection, codebook, log_probs, tau, logit_scale, seed, noise, passes):
         z, norm = project_normalize(x, projection)
         codebook = codebook.detach().float().contiguous()
         inv_scale, inv_tau = 1.0 / logit_scale, 1.0 / tau
-        if backend == "triton":
-            loss, labels, stats = _triton_forward(
-                z, codebook, log_probs.detach(), inv_scale, inv_tau, seed, noise
-            )
-        else:
-            loss, labels, stats = _chunked_forward(
-                z, codebook, log_probs.detach(), inv_scale, inv_tau, seed, noise
-            )
+        loss, labels, stats = passes[0](
+            z, codebook, log_probs.detach(), inv_scale, inv_tau, seed, noise
+        )
         ctx.save_for_backward(z, norm, stats, labels, log_probs, projection, codebook)
-        ctx.config = (inv_scale, inv_tau, seed, noise, backend, x.dtype)
+        ctx.config = (inv_scale, inv_tau, seed, noise, passes, x.dtype)
         ctx.mark_non_differentiable(labels)
         return loss, labels
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_labels):
         z, norm, stats, labels, log_probs, projection, codebook = ctx.saved_tensors
-        inv_scale, inv_tau, seed, noise, backend, x_dtype = ctx.config
+        inv_scale, inv_tau, seed, noise, passes, x_dtype = ctx.config
         want_x, want_lp = ctx.needs_input_grad[0], ctx.needs_input_grad[3]
         grad_loss = grad_loss.float().contiguous()
-        grad_x = grad_lp = None
-        if backend == "triton":
-            grad_z, grad_lp = _triton_backward(
-                z, codebook, log_probs.detach(), labels, stats, grad_loss,
-                inv_scale, inv_tau, seed, noise, want_lp,
-            )  # fmt: skip
-        else:
-            grad_z = None
-            if want_x:
-                grad_z = _chunked_backward(
-                    z, codebook, log_probs.detach(), stats, grad_loss,
-                    inv_scale, inv_tau, seed, noise,
-                )  # fmt: skip
-            if want_lp:
-                grad_lp = torch.zeros_like(log_probs)
-                grad_lp.scatter_(2, labels[:, :, None], (-grad_loss[:, :, None]).to(grad_lp.dtype))
+        grad_x = None
+        grad_z, grad_lp = passes[1](
+            z, codebook, log_probs.detach(), labels, stats, grad_loss,
+            inv_scale, inv_tau, seed, noise, want_x, want_lp,
+        )  # fmt: skip
         if want_x:
             # Through z = y / |y|: dy = (dz - z <z, dz>) / |y|; then through y = x P.
             grad_y = (grad_z - z * (z * grad_z).sum(dim=-1, keepdim=True)) / norm
             grad_x = torch.einsum("ngd,gDd->nD", grad_y, projection.float()).to(x_dtype)
         return grad_x, None, None, grad_lp, None, None, None, None, None
+
+
+def _fused(forward, backward):
+    """The autograd op over one fused backend's passes, called like the reference."""
+    passes = (forward, backward)
+
+    def run(x, projection, codebook, log_probs, *, tau, logit_scale, seed, noise):
+        return GumbelRPQCrossEntropy.apply(
+            x, projection, codebook, log_probs, tau, logit_scale, seed, bool(noise), passes
+        )
+
+    return run
+
+
+_BACKENDS = {
+    "reference": reference_gumbel_rpq_cross_entropy,
+    "chunked": _fused(_chunked_forward, _chunked_backward),
+    "triton": _fused(_triton_forward, _triton_backward),
+}
 
 
 def gumbel_rpq_cross_entropy(
@@ -446,12 +481,7 @@ def gumbel_rpq_cross_entropy(
     seed_keys(seed)  # validates the seed
     if N * G >= 2**32:
         raise ValueError(f"N * G must be < 2**32 for the counter-based RNG, got {N * G}.")
-    backend = resolve_backend(backend, x.device)
-    if backend == "reference":
-        return reference_gumbel_rpq_cross_entropy(
-            x, projection, codebook, log_probs,
-            tau=tau, logit_scale=logit_scale, seed=seed, noise=noise,
-        )  # fmt: skip
-    return GumbelRPQCrossEntropy.apply(
-        x, projection, codebook, log_probs, tau, logit_scale, seed, bool(noise), backend
-    )
+    return select_backend(_BACKENDS, backend, x.device)(
+        x, projection, codebook, log_probs,
+        tau=tau, logit_scale=logit_scale, seed=seed, noise=noise,
+    )  # fmt: skip

@@ -24,12 +24,15 @@ from ._common import (
     first_argmax,
     project_normalize,
     reference_project_normalize,
-    resolve_backend,
+    select_backend,
 )
+from ._triton_common import LABELS_BLOCK_K, LABELS_BLOCK_N, SHAPE_ARGS, KernelSpec
 
 if HAS_TRITON:
     import triton
     import triton.language as tl
+
+    from ._triton_common import cosine_scores, load_code_tile, load_z_tile
 
 
 def reference_rpq_labels(
@@ -81,23 +84,14 @@ if HAS_TRITON:
         dims = tl.arange(0, BLOCK_D)
         row_ok = rows < N
         dim_ok = dims < d
-        z = tl.load(
-            z_ptr + (rows[:, None] * G + g) * d + dims[None, :],
-            mask=row_ok[:, None] & dim_ok[None, :],
-            other=0.0,
-        )
+        z = load_z_tile(z_ptr, rows, row_ok, g, G, d, dims, dim_ok)
         best = tl.full([BLOCK_N], float("-inf"), tl.float32)
         best_idx = tl.zeros([BLOCK_N], tl.int32)
         for k0 in range(0, K, BLOCK_K):
             codes = k0 + tl.arange(0, BLOCK_K)
             code_ok = codes < K
-            c = tl.load(
-                codebook_ptr + (g * K + codes[:, None]) * d + dims[None, :],
-                mask=code_ok[:, None] & dim_ok[None, :],
-                other=0.0,
-            )
-            # IEEE fp32 (not TF32): labels must match the fp32 reference exactly.
-            sims = tl.dot(z, tl.trans(c), input_precision="ieee")
+            c = load_code_tile(codebook_ptr, codes, code_ok, g, K, d, dims, dim_ok)
+            sims = cosine_scores(z, c)
             # Padded codes are -inf, never 0: every real similarity may be negative.
             sims = tl.where(code_ok[None, :], sims, float("-inf"))
             tile_best, tile_idx = tl.max(
@@ -109,38 +103,39 @@ if HAS_TRITON:
             best_idx = tl.where(better, tile_idx + k0, best_idx)
         tl.store(labels_ptr + rows * G + g, best_idx.to(tl.int64), mask=row_ok)
 
-
-# Code tile of the labels kernel. Measured on an H200 (tile_sweep_h200.json, 4 warps):
-# 64 x 128 tiles ran 3.60 -> 2.72 ms at N = 40k, G = 4 and 0.42 -> 0.30 ms at 10k x 1
-# against 64 x 64, with identical labels. The Gumbel kernels keep 64: their backward
-# already holds 254 registers per thread.
-LABELS_BLOCK_K = 128
-
-
-def block_sizes(d: int, K: int, block_n: int = 64, max_block_k: int = 64) -> tuple[int, int, int]:
-    """(BLOCK_N, BLOCK_K, BLOCK_D) for the Triton kernels.
-
-    tl.dot needs every block dim >= 16; d is padded to a power of two (padding is zero,
-    so it changes no similarity). Sizes were picked from the AOT compile (kernels/aot.py:
-    <= 64 KiB of shared memory and no spills on sm_80/sm_90) and, for the labels kernel's
-    code tile, from a sweep on an H200.
-    """
-    block_d = max(16, triton.next_power_of_2(d))
-    block_k = min(max_block_k, max(16, triton.next_power_of_2(K)))
-    return block_n, block_k, block_d
+    LABELS_SPEC = KernelSpec(
+        "rpq_labels",
+        _rpq_labels_kernel,
+        {"z_ptr": "*fp32", "codebook_ptr": "*fp32", "labels_ptr": "*i64", **SHAPE_ARGS},
+        LABELS_BLOCK_N,
+        LABELS_BLOCK_K,
+    )
 
 
 def _rpq_labels_triton(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     N, G, d = z.shape
     K = codebook.shape[1]
     labels = torch.empty(N, G, device=z.device, dtype=torch.int64)
-    block_n, block_k, block_d = block_sizes(d, K, max_block_k=LABELS_BLOCK_K)
-    grid = (triton.cdiv(N, block_n), G)
-    _rpq_labels_kernel[grid](
-        z, codebook, labels, N, G, K, d,
-        BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_D=block_d, num_warps=4,
-    )  # fmt: skip
+    LABELS_SPEC.launch(z, codebook, labels, N, G, K, d)
     return labels
+
+
+def _projected(labels_fn):
+    """Run a (z, fp32 codebook) -> labels path on (x, projection, codebook)."""
+
+    def run(x, projection, codebook):
+        with torch.no_grad():
+            z, _ = project_normalize(x, projection)
+            return labels_fn(z.contiguous(), codebook.detach().float().contiguous())
+
+    return run
+
+
+_BACKENDS = {
+    "reference": reference_rpq_labels,
+    "chunked": _projected(_rpq_labels_chunked),
+    "triton": _projected(_rpq_labels_triton),
+}
 
 
 def rpq_labels(
@@ -166,12 +161,4 @@ def rpq_labels(
         (N, G) int64 labels; ties resolve to the first index. No gradient.
     """
     check_quantizer_inputs(x, projection, codebook, check_codebook_norm=check_codebook_norm)
-    backend = resolve_backend(backend, x.device)
-    if backend == "reference":
-        return reference_rpq_labels(x, projection, codebook)
-    with torch.no_grad():
-        z, _ = project_normalize(x, projection)
-        codebook = codebook.detach().float().contiguous()
-        if backend == "triton":
-            return _rpq_labels_triton(z.contiguous(), codebook)
-        return _rpq_labels_chunked(z, codebook)
+    return select_backend(_BACKENDS, backend, x.device)(x, projection, codebook)

@@ -27,6 +27,7 @@ def test_kernels_under_the_triton_interpreter():
     assert " passed" in proc.stdout and "skipped" not in proc.stdout, tail
 
 
+@pytest.mark.aot
 @pytest.mark.parametrize("cc", [80, 90])
 @pytest.mark.parametrize("kernel", ["rpq_labels", "gumbel_rpq_fwd", "gumbel_rpq_bwd"])
 def test_kernels_compile_for_gpu_targets(kernel, cc, record_property):
@@ -44,20 +45,34 @@ def test_kernels_compile_for_gpu_targets(kernel, cc, record_property):
         assert info.spill_bytes == 0
 
 
+@pytest.mark.aot
 @pytest.mark.parametrize("kernel", ["gumbel_rpq_fwd", "gumbel_rpq_bwd"])
 def test_gumbel_kernels_compile_with_int_arguments_equal_to_one(kernel):
     # On a GPU, Triton turns an int argument equal to 1 into a constant (G = 1 is the
     # usual BEST-RQ setup): the RNG must not call tensor methods on it (seen on an H200).
-    from birq_kernels.aot import _specs
+    from birq_kernels._triton_common import NUM_WARPS
+    from birq_kernels.aot import kernel_source
     from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
 
-    fn, signature, constexprs = _specs("fp32", True, 16, 8192)[kernel]
-    constexprs = {**constexprs, "G": 1, "key_row": 1, "key_col": 1}
-    signature = {**signature, **{key: "constexpr" for key in constexprs}}
-    src = ASTSource(fn, signature=signature, constexprs=constexprs)
-    compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+    src = kernel_source(kernel, constants={"G": 1, "key_row": 1, "key_col": 1})
+    compiled = triton.compile(
+        src, target=GPUTarget("cuda", 90, 32), options={"num_warps": NUM_WARPS}
+    )
     assert compiled.asm["ptx"].count("\n") > 100
+
+
+def test_kernel_specs_match_the_kernels():
+    # A kernel argument added without its spec entry must fail at import, not let the
+    # AOT compile type a different signature from the one the launcher passes.
+    from birq_kernels._triton_common import SHAPE_ARGS, KernelSpec
+    from birq_kernels.aot import SPECS
+    from birq_kernels.rpq_labels import _rpq_labels_kernel
+
+    assert set(SPECS) == {"rpq_labels", "gumbel_rpq_fwd", "gumbel_rpq_bwd"}
+    for spec in SPECS.values():
+        assert {"BLOCK_N", "BLOCK_K", "BLOCK_D"} <= set(spec.constexprs)
+    with pytest.raises(TypeError, match="update the spec"):
+        KernelSpec("bad", _rpq_labels_kernel, {"z_ptr": "*fp32", **SHAPE_ARGS}, 64, 128)
 
 
 @pytest.mark.gpu
