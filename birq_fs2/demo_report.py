@@ -16,6 +16,7 @@ import json
 import sys
 from pathlib import Path
 
+from birq_fs2.metrics import FINETUNE_METRICS, display, series
 from birq_fs2.report import plot_curves, plot_panels, read_metrics
 
 RUNS = ("pretrain", "finetune-birq", "finetune-scratch")
@@ -24,14 +25,14 @@ FINETUNE_RUNS = (("birq", "finetune-birq", "BiRQ-pretrained encoder"),
 
 
 def _plot_finetune(runs: dict[str, tuple[list[dict], list[dict]]], out: Path) -> None:
-    panels = (("CTC loss (bits/char, train)", "train", "CTC Loss"),
-              ("Validation WER (%)", "valid", "Word Error Rate (WER)"),
-              ("Validation CER (%)", "valid", "Character Error Rate (CER)"))  # fmt: skip
+    panels = (("CTC loss (bits/char, train)", "train", "ctc_loss"),
+              ("Validation WER (%)", "valid", "wer"),
+              ("Validation CER (%)", "valid", "cer"))  # fmt: skip
     plot_panels(
         [
             (title, [
                 (label, "-" if split == "train" else "o-",
-                 [(r["Step"], r[key]) for r in (train if split == "train" else valid) if r.get(key) is not None])
+                 series(train if split == "train" else valid, key, FINETUNE_METRICS))
                 for label, (train, valid) in runs.items()
             ])
             for title, split, key in panels
@@ -127,8 +128,8 @@ def write_demo_report(out: Path, num_examples: int = 6) -> Path:
         last = train[-1]
         lines += ["## Pretraining (BiRQ tiny)", "", "![pretraining curves](report/pretrain_curves.png)", "",
                   f"Step {last['Step']}: " + ", ".join(
-                      f"{k.lower()} {last[k]:.3f}" for k in ("Anchor Loss", "Enhanced Loss", "Anchor Accuracy",
-                      "Enhanced Code Perplexity", "Anchor/Enhanced Label NMI") if isinstance(last.get(k), float)
+                      f"{k.lower()} {last[k]:.3f}" for k in map(display, ("anchor_loss", "enhanced_loss",
+                      "anchor_accuracy", "enhanced_perplexity", "label_nmi")) if isinstance(last.get(k), float)
                   ) + ".", ""]  # fmt: skip
         lines += _config_lines(pretrain) + [""]
 
@@ -214,7 +215,7 @@ def _reading(birq: dict, scratch: dict, pretrain: list[dict], finetune: list[dic
         "shows the path working end to end, not what BiRQ does at scale."
     )
     last = pretrain[-1] if pretrain else {}
-    perplexity = last.get("Enhanced Code Perplexity")
+    perplexity = last.get(display("enhanced_perplexity"))
     if not helped and isinstance(perplexity, float) and perplexity < 16:
         text += (
             f" Suspect first: the enhanced labels collapsed during pretraining (code perplexity "

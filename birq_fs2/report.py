@@ -11,12 +11,16 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from birq_fs2.metrics import PRETRAIN_METRICS, display, series
+
 PANELS = (
-    ("Loss (bits)", ("Anchor Loss", "Enhanced Loss")),
-    ("Accuracy", ("Anchor Accuracy", "Enhanced Accuracy")),
-    ("Codebook perplexity", ("Anchor Code Perplexity", "Enhanced Code Perplexity")),
-    ("Label agreement (NMI)", ("Anchor/Enhanced Label NMI",)),
+    ("Loss (bits)", ("anchor_loss", "enhanced_loss")),
+    ("Accuracy", ("anchor_accuracy", "enhanced_accuracy")),
+    ("Codebook perplexity", ("anchor_perplexity", "enhanced_perplexity")),
+    ("Label agreement (NMI)", ("label_nmi",)),
 )
+TABLE_KEYS = ("loss", "anchor_loss", "enhanced_loss", "anchor_accuracy", "enhanced_accuracy",
+              "anchor_perplexity", "enhanced_perplexity", "label_nmi", "mask_rate", "tau")  # fmt: skip
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -39,8 +43,8 @@ def plot_panels(panels: Sequence[tuple[str, Sequence[Series]]], out: Path, xlabe
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
-    for ax, (title, series) in zip(axes, panels, strict=True):
-        for label, style, points in series:
+    for ax, (title, lines) in zip(axes, panels, strict=True):
+        for label, style, points in lines:
             if points:
                 xs, ys = zip(*points, strict=True)
                 ax.plot(xs, ys, style, label=label, markersize=3)
@@ -56,7 +60,7 @@ def plot_panels(panels: Sequence[tuple[str, Sequence[Series]]], out: Path, xlabe
 def plot_curves(train: list[dict], valid: list[dict], out: Path) -> None:
     panels = [
         (title, [
-            (f"{key.split()[0].lower()} ({split})", style, [(r["Step"], r[key]) for r in rows if r.get(key)])
+            (f"{key.split('_')[0]} ({split})", style, series(rows, key, PRETRAIN_METRICS))
             for rows, style, split in ((train, "-", "train"), (valid, "o--", "valid"))
             for key in keys
         ])
@@ -74,14 +78,12 @@ def write_report(run_dir: Path) -> Path:
     out = run_dir / "report"
     out.mkdir(exist_ok=True)
     plot_curves(train, valid, out / "curves.png")
-    keys = ["Loss", "Anchor Loss", "Enhanced Loss", "Anchor Accuracy", "Enhanced Accuracy",
-            "Anchor Code Perplexity", "Enhanced Code Perplexity", "Anchor/Enhanced Label NMI",
-            "Mask Rate", "Gumbel Tau"]  # fmt: skip
+    keys = [display(k) for k in TABLE_KEYS]
     lines = [f"# Pretraining run `{run_dir}`", "", "![curves](curves.png)", "",
              "| split | step | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]  # fmt: skip
     for split, rows in (("train", train), ("valid", valid)):
         for row in rows[:1] + rows[-1:] if len(rows) > 1 else rows:
-            cells = [f"{row[k]:.3f}" if isinstance(row.get(k), float) else "" for k in keys]
+            cells = [f"{row[k]:.3f}" if isinstance(row.get(k), (int, float)) else "" for k in keys]
             lines.append(f"| {split} | {row['Step']} | " + " | ".join(cells) + " |")
     (out / "REPORT.md").write_text("\n".join(lines) + "\n")
     return out / "REPORT.md"

@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import filecmp
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import soundfile
 import torch
 from fairseq2.datasets import Seq2SeqBatch, SequenceBatch
+from helpers import python
 
 from birq_fs2.cli.data import main as birq_data
 from birq_fs2.data.audio import AudioError, AudioLoader
-from birq_fs2.frames import num_fbank_frames
 from birq_fs2.data.check import check_utterances
 from birq_fs2.data.corpus import (
     CorpusError,
@@ -30,6 +27,7 @@ from birq_fs2.data.corpus import (
 from birq_fs2.data.pipeline import DataStats, SpeechPipelineConfig, build_speech_pipeline
 from birq_fs2.data.synth import synthesize_corpus
 from birq_fs2.data.vocab import CharVocabulary, normalize_transcript
+from birq_fs2.frames import num_fbank_frames
 
 FIXTURES = Path(__file__).parent / "fixtures" / "librispeech"
 CHAPTER = FIXTURES / "dev-tiny" / "100" / "1000"
@@ -171,6 +169,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert birq_data(["check", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("birq-data check: error:") and "\n" not in err and "Traceback" not in err
+    assert str(tmp_path / "nope") in err
 
 
 # --------------------------------------------------------------------------- synth
@@ -362,10 +361,7 @@ reader = ds.create_reader("dev", create_fake_gangs(torch.device("cpu")),
 batch = next(iter(reader))[0]
 print(json.dumps({"splits": ds.splits(), "shape": list(batch.source_seqs.shape), "vocab": len(ds.vocabulary)}))
 """
-    env = {**os.environ, "FAIRSEQ2_USER_ASSET_DIR": str(cards), "FAIRSEQ2_EXTENSION_TRACE": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
-    )
+    proc = python(code, FAIRSEQ2_USER_ASSET_DIR=str(cards), FAIRSEQ2_EXTENSION_TRACE="1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["splits"] == ["dev", "test", "train"] and out["shape"][2] == 80 and out["vocab"] > 10

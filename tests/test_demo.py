@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).parents[1]
+from helpers import ROOT, run
 
 
 @pytest.mark.slow
 def test_quick_demo_writes_its_report_and_a_usable_model(tmp_path):
     out = tmp_path / "demo"
-    env = {**os.environ, "FAIRSEQ2_NO_PROGRESS": "1"}
     cmd = ["make", "-C", str(ROOT), "--no-print-directory", "demo-steps", "QUICK=1",
            f"OUT={out}", f"PY={sys.executable}"]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200)
+    proc = run(cmd, timeout=1200)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
 
     report = (out / "REPORT.md").read_text()
@@ -41,8 +36,10 @@ def test_quick_demo_writes_its_report_and_a_usable_model(tmp_path):
 
     # demo-out/asr is a folder that --model accepts.
     audio = sorted((out / "corpus" / "test").glob("*/*/*.flac"))[0]
-    tr = subprocess.run([sys.executable, "-m", "birq_fs2.cli.transcribe", str(audio), "--model", str(out / "asr")],
-                        capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    tr = run(
+        [sys.executable, "-m", "birq_fs2.cli.transcribe", str(audio), "--model", str(out / "asr")],
+        timeout=300,
+    )
     assert tr.returncode == 0, tr.stderr[-3000:]
     hyps = (out / "eval" / "birq" / "hypotheses.tsv").read_text().splitlines()
     row = next(line.split("\t") for line in hyps if line.startswith(audio.stem + "\t"))
@@ -52,7 +49,7 @@ def test_quick_demo_writes_its_report_and_a_usable_model(tmp_path):
     runs = ("pretrain", "finetune-birq", "finetune-scratch")
     before = {r: (out / r / "metrics" / "train.jsonl").read_text() for r in runs}
     corpus_mtime = (out / "corpus" / "SPEAKERS.TXT").stat().st_mtime_ns
-    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200)
+    again = run(cmd, timeout=1200)
     assert again.returncode == 0, (again.stdout + again.stderr)[-5000:]
     assert (out / "corpus" / "SPEAKERS.TXT").stat().st_mtime_ns == corpus_mtime
     assert {r: (out / r / "metrics" / "train.jsonl").read_text() for r in runs} == before

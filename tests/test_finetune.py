@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import jiwer
@@ -16,55 +13,42 @@ import torch
 import torchaudio.functional as AF
 import yaml
 from fairseq2.nn import BatchLayout
+from helpers import FIXTURES, metrics, pretrain_cmd, run
+from helpers import finetune_cmd as base_finetune_cmd
+from helpers import model_state as shard
 
+from birq_fs2.data.audio import AudioLoader, FbankConfig, FbankExtractor, utterance_seed
 from birq_fs2.data.corpus import Utterance, load_split
 from birq_fs2.data.dataset import subset
 from birq_fs2.data.vocab import CharVocabulary, normalize_transcript
-from birq_fs2.models.asr import ctc_greedy_ids
+from birq_fs2.inference import ctc_greedy_ids
+from birq_fs2.metrics import FINETUNE_METRICS, display
 from birq_fs2.scoring import count_errors
-
-ROOT = Path(__file__).parents[1]
-PRETRAIN_PRESET = ROOT / "birq_fs2" / "recipes" / "pretrain" / "configs" / "tiny_cpu.yaml"
-FINETUNE_PRESET = ROOT / "birq_fs2" / "recipes" / "finetune" / "configs" / "tiny_cpu.yaml"
-FIXTURES = ROOT / "tests" / "fixtures" / "librispeech"
-ENV = {**os.environ, "FAIRSEQ2_NO_PROGRESS": "1"}
-
-
-def run(cmd: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=timeout)
 
 
 def finetune_cmd(out: Path, corpus: Path, *overrides: str) -> list[str]:
-    return [
-        sys.executable, "-m", "birq_fs2.recipes.finetune", str(out), "--config-file", str(FINETUNE_PRESET),
-        "--config", f"dataset.config_overrides.path={corpus}", "regime.num_steps=12",
+    return base_finetune_cmd(
+        out, corpus, "regime.num_steps=12",
         "regime.publish_metrics_every_n_steps=2", "regime.checkpoint_every_n_steps=4",
         "regime.validate_every_n_steps=4", "regime.keep_last_n_checkpoints=null",
         "regime.keep_best_n_checkpoints=null", "pretrained.freeze_encoder_for_n_steps=4",
         "optimizer.config.lr=0.003", "dataset.pipeline.max_frames_per_batch=6000", *overrides,
-    ]  # fmt: skip
+    )  # fmt: skip
 
 
-def metrics(run_dir: Path, split: str = "train") -> dict[int, dict]:
-    path = run_dir / "metrics" / ("train.jsonl" if split == "train" else "valid/valid.jsonl")
-    return {m["Step"]: m for m in map(json.loads, path.read_text().splitlines())}
-
-
-def shard(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
-    f = run_dir / "checkpoints" / f"step_{step}" / "model" / "pp_00" / "tp_00" / "sdp_00.pt"
-    return torch.load(f, map_location="cpu", weights_only=True)
+def name(key: str) -> str:
+    return display(key, FINETUNE_METRICS)
 
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory, corpus) -> Path:
     out = tmp_path_factory.mktemp("pretrain") / "run"
-    proc = run([
-        sys.executable, "-m", "birq_fs2.recipes.pretrain", str(out), "--config-file", str(PRETRAIN_PRESET),
-        "--config", f"dataset.config_overrides.path={corpus}", "regime.num_steps=4",
+    proc = run(pretrain_cmd(
+        out, corpus, "regime.num_steps=4",
         "regime.publish_metrics_every_n_steps=2", "regime.checkpoint_every_n_steps=4",
         "regime.validate_every_n_steps=4", "lr_scheduler.config.num_warmup_steps=2",
         "dataset.pipeline.max_frames=400", "dataset.pipeline.max_frames_per_batch=3200",
-    ])  # fmt: skip
+    ))  # fmt: skip
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     return out
 
@@ -127,11 +111,11 @@ def test_labelled_subset_is_fixed_by_seed_and_id():
 
 def test_finetuning_lowers_ctc_loss_from_a_frozen_then_trained_encoder(finetuned, pretrained):
     train = metrics(finetuned)
-    assert train[12]["CTC Loss"] < train[2]["CTC Loss"] - 0.1
-    assert train[2]["Encoder Frozen"] == 1 and train[12]["Encoder Frozen"] == 0
+    assert train[12][name("ctc_loss")] < train[2][name("ctc_loss")] - 0.1
+    assert train[2][name("encoder_frozen")] == 1 and train[12][name("encoder_frozen")] == 0
     valid = metrics(finetuned, "valid")
-    assert {4, 8, 12} <= set(valid) and 0 <= valid[12]["Character Error Rate (CER)"] <= 100
-    assert "Word Error Rate (WER)" in valid[12]
+    assert {4, 8, 12} <= set(valid) and 0 <= valid[12][name("cer")] <= 100
+    assert name("wer") in valid[12]
     # The encoder starts as the pretrained one and stays so while frozen; then it trains.
     source = shard(pretrained, 4)
     frozen, trained = shard(finetuned, 4), shard(finetuned, 12)
@@ -142,7 +126,7 @@ def test_finetuning_lowers_ctc_loss_from_a_frozen_then_trained_encoder(finetuned
     assert (finetuned / "dict.ltr.txt").exists()
 
 
-@pytest.mark.parametrize("case", ["mismatch", "missing"])
+@pytest.mark.parametrize("case", ["mismatch", "missing", "mel_bins"])
 def test_a_bad_pretrained_encoder_is_one_error_line(tmp_path, corpus, pretrained, case):
     if case == "mismatch":
         overrides = [
@@ -150,9 +134,12 @@ def test_a_bad_pretrained_encoder_is_one_error_line(tmp_path, corpus, pretrained
             "model.config_overrides.encoder_config.num_encoder_layers=2",
         ]
         words = [str(pretrained), "does not fit"]
-    else:
+    elif case == "missing":
         overrides = ["pretrained.model=no_such_card"]
         words = ["no_such_card: no model card of that name"]
+    else:  # data features the model's front end cannot take: stopped at setup
+        overrides = ["dataset.pipeline.num_mel_bins=40"]
+        words = ["num_mel_bins is 40", "expects 80 fbank channels"]
     proc = run(finetune_cmd(tmp_path / "run", corpus, *overrides))
     out = proc.stdout + proc.stderr
     assert proc.returncode == 2, out[-3000:]
@@ -171,8 +158,8 @@ def test_resuming_on_data_with_another_vocabulary_stops(tmp_path, corpus, finetu
 
 def test_export_evaluate_and_transcribe(tmp_path, finetuned, corpus, capsys):
     from birq_fs2.cli.evaluate import main as evaluate_main
-    from birq_fs2.cli.export import export_checkpoint
     from birq_fs2.cli.transcribe import main as transcribe_main
+    from birq_fs2.export import export_checkpoint
     from birq_fs2.inference import Transcriber
 
     card = export_checkpoint(finetuned, tmp_path / "asr", "birq_test_asr")
@@ -185,7 +172,8 @@ def test_export_evaluate_and_transcribe(tmp_path, finetuned, corpus, capsys):
         (float((finetuned / "checkpoints" / "scores" / f"step_{s}.txt").read_text()), s)
         for s in (4, 8, 12)
     )[1]
-    assert meta["exported_from"].endswith(f"step_{best}")
+    assert meta["exported_from"] == f"run/checkpoints/step_{best}"
+    assert meta["features"] == FbankConfig().to_dict()  # the preset's pipeline
 
     # The exported card and the run directory give the same transcripts.
     test_files = [str(u.path) for u in load_split(corpus, "test")][:4]
@@ -235,6 +223,34 @@ def test_export_evaluate_and_transcribe(tmp_path, finetuned, corpus, capsys):
     assert [line.split("\t")[0] for line in lines] == [str(stereo8), str(stereo16)]
     assert lines[1].split("\t")[1] == from_card[0]
     assert f"{broken}:" in captured.err and "Traceback" not in captured.err
+
+
+def test_inference_uses_the_features_the_model_was_trained_with(tmp_path, finetuned):
+    """A model trained with other feature settings gets them at inference: from its
+    card's `features` field, or from its run's config; the defaults only without either."""
+    from birq_fs2.export import export_checkpoint
+    from birq_fs2.inference import Transcriber
+
+    card = export_checkpoint(finetuned, tmp_path / "asr", "birq_features")
+    fields = yaml.safe_load(card.read_text())
+    fields["features"] = {"num_mel_bins": 80, "normalize": "none", "dither": 0.0}
+    card.write_text(yaml.safe_dump(fields))
+    audio = next(FIXTURES.glob("dev-tiny/*/*/100-1000-0000.flac"))
+    got = Transcriber(str(tmp_path / "asr")).features(audio)
+    waveform = AudioLoader()(audio).waveform
+    seed = utterance_seed(0, "transcribe", "dither")
+    expected = FbankExtractor(80, dither=0.0, normalize="none")(waveform, seed)
+    assert torch.equal(got, expected)
+    assert not torch.allclose(got, FbankExtractor()(waveform, seed))  # the defaults differ
+    # The run folder reads its config.yaml's dataset.pipeline.
+    assert Transcriber(str(finetuned)).features == FbankConfig()
+    del fields["features"]  # an older card: the defaults
+    card.write_text(yaml.safe_dump(fields))
+    assert Transcriber(str(tmp_path / "asr")).features == FbankConfig()
+    fields["features"] = {"num_mel_bins": "many"}
+    card.write_text(yaml.safe_dump(fields))
+    with pytest.raises(ValueError, match=r"`features`: invalid feature settings"):
+        Transcriber(str(tmp_path / "asr"))
 
 
 def test_model_errors_are_one_line(tmp_path, pretrained, capsys):

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
-from birq_kernels import rpq_labels
 from fairseq2.nn import BatchLayout
 from fairseq2.nn.utils.module import reset_non_persistent_buffers, to_empty
+from helpers import python
 
 from birq_fs2.models.config import ARCHS, BirqConfig
 from birq_fs2.models.factory import create_birq_model
@@ -93,11 +90,19 @@ def test_label_grad_st_reaches_label_layers_only_through_the_labels():
 
 
 def test_label_input_masked_reuses_the_masked_forward():
-    model = build(label_input="masked")
-    x, layout = batch(3)
-    out = model(x, layout, BirqStep(tau=1.0, seed=2))
-    out.loss.backward()
-    assert out.enhanced_labels.shape == (out.num_targets, 1)
+    def first_block_calls(model) -> int:
+        calls = []
+        hook = model.encoder.layers[0].register_forward_hook(lambda *_: calls.append(1))
+        x, layout = batch(3)
+        out = model(x, layout, BirqStep(tau=1.0, seed=2))
+        out.loss.backward()
+        hook.remove()
+        assert out.enhanced_labels.shape == (out.num_targets, 1)
+        return len(calls)
+
+    # One encoder pass for "masked"; the default adds a partial pass on the clean input.
+    assert first_block_calls(build(label_input="masked")) == 1
+    assert first_block_calls(build()) == 2
 
 
 def test_quantizer_buffers_are_seeded_persistent_and_meta_safe():
@@ -120,21 +125,28 @@ def test_quantizer_buffers_are_seeded_persistent_and_meta_safe():
     torch.testing.assert_close(a.encode(x, layout)[0], c.encode(x, layout)[0], rtol=0, atol=0)
 
 
+class _FixedSpans(torch.nn.Module):
+    """Masks encoder frames 10..19 of every utterance (instead of random spans)."""
+
+    def forward(self, seqs, layout):
+        mask = torch.zeros(seqs.shape[:2], dtype=torch.bool)
+        mask[:, 10:20] = True
+        return torch.where(mask[..., None], torch.zeros_like(seqs), seqs), mask
+
+
 def test_anchor_labels_are_batch_independent():
+    """A padded utterance gets the same anchor labels batched with longer ones as alone."""
     model = build()
-    model.eval()
-    x, layout = batch(5)
-    full, layout_full, _ = model.encode(x, layout)
-    stacked, _ = model.stack(x, layout)
-    q = model.anchor_quantizer
-    norm = torch.nn.functional.layer_norm(stacked, (stacked.shape[-1],))
-    together = rpq_labels(norm[0, :100], q.projection, q.codebook)
-    alone_x, alone_layout = x[:1, :400], BatchLayout((1, 400), seq_lens=[400])
-    alone_stacked, _ = model.stack(alone_x, alone_layout)
-    alone = rpq_labels(
-        torch.nn.functional.layer_norm(alone_stacked, (320,))[0, :100], q.projection, q.codebook
+    model.masker = _FixedSpans()
+    x, layout = batch(5)  # utterance 2 (260 frames) is padded to 400 in the batch
+    batched = model(x, layout, BirqStep(enhanced_active=False)).anchor_labels
+    alone_x = x[2:3, :260]
+    alone = model(
+        alone_x, BatchLayout(alone_x.shape[:2], seq_lens=[260]), BirqStep(enhanced_active=False)
     )
-    assert torch.equal(together, alone)
+    assert batched.shape == (30, 1) and alone.anchor_labels.shape == (10, 1)
+    assert torch.equal(batched[20:30], alone.anchor_labels)
+    assert not torch.equal(batched[0:10], batched[20:30])  # the utterances differ
 
 
 def test_encode_returns_requested_layers():
@@ -186,11 +198,9 @@ def test_family_and_archs_are_registered_in_fairseq2():
     code = """
 import json, torch
 from fairseq2 import init_fairseq2
-from fairseq2.models import ModelHubAccessor
-from birq_fs2.models.config import BirqConfig
-from birq_fs2.models.model import BirqModel
+from birq_fs2.models.hub import get_birq_model_hub
 init_fairseq2(no_progress=True)
-hub = ModelHubAccessor("birq", BirqModel, BirqConfig)()
+hub = get_birq_model_hub()
 model = hub.create_new_model(hub.get_arch_config("tiny"), device=torch.device("cpu"))
 try:
     hub.get_arch_config("nope")
@@ -199,10 +209,7 @@ except Exception as ex:
     unknown = str(ex)
 print(json.dumps({"archs": sorted(hub.get_archs()), "type": type(model).__name__, "unknown": unknown}))
 """
-    env = {**os.environ, "FAIRSEQ2_EXTENSION_TRACE": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
-    )
+    proc = python(code, FAIRSEQ2_EXTENSION_TRACE="1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["archs"] == sorted(ARCHS) and out["type"] == "BirqModel"

@@ -1,16 +1,10 @@
 """Packaging: birq_kernels stands alone; the extension is found through its entry point."""
 
 import os
-import subprocess
-import sys
 from importlib import metadata, resources
 
-
-def _python(code: str, **env) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-        env={**os.environ, **env},
-    )  # fmt: skip
+from helpers import ROOT
+from helpers import python as _python
 
 
 def test_birq_kernels_never_imports_fairseq2():
@@ -36,6 +30,11 @@ def test_extension_entry_point_is_registered_and_loads():
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
 
 
-def test_asset_cards_ship_as_package_data():
-    cards = resources.files("birq_fs2.cards")
-    assert cards.is_dir()
+def test_asset_cards_and_presets_ship_as_package_data():
+    shipped = {
+        f.name for f in resources.files("birq_fs2.cards").iterdir() if f.name.endswith(".yaml")
+    }
+    assert shipped == {f.name for f in (ROOT / "assets" / "cards").glob("*.yaml")} and shipped
+    for recipe in ("pretrain", "finetune"):
+        presets = resources.files(f"birq_fs2.recipes.{recipe}.configs")
+        assert (presets / "tiny_cpu.yaml").is_file(), recipe

@@ -276,11 +276,14 @@ def test_export_errors_name_the_problem(tmp_path, capsys):
 
 
 def test_report_plots_and_tabulates_a_run(tmp_path):
+    from birq_fs2.metrics import series
+    from birq_fs2.report import TABLE_KEYS
     from birq_fs2.report import main as report_main
 
     (tmp_path / "metrics" / "valid").mkdir(parents=True)
-    rows = [{"Step": s, "Loss": 9.0 - s / 10, "Anchor Loss": 9.0 - s / 10, "Enhanced Loss": 8.0 - s / 20,
-             "Anchor Code Perplexity": 100.0, "Anchor/Enhanced Label NMI": 0.5} for s in (2, 4, 6)]  # fmt: skip
+    rows = [{"Step": s, display("loss"): 9.0 - s / 10, display("anchor_loss"): 9.0 - s / 10,
+             display("enhanced_loss"): 8.0 - s / 20, display("anchor_perplexity"): 100.0,
+             display("enhanced_accuracy"): 0.0, display("label_nmi"): 0.5} for s in (2, 4, 6)]  # fmt: skip
     (tmp_path / "metrics" / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     (tmp_path / "metrics" / "valid" / "valid.jsonl").write_text(json.dumps(rows[-1]) + "\n")
     assert report_main([str(tmp_path)]) == 0
@@ -288,6 +291,10 @@ def test_report_plots_and_tabulates_a_run(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     md = (tmp_path / "report" / "REPORT.md").read_text()
     assert "| train | 2 | 8.800 |" in md and "| train | 6 | 8.400 |" in md and "| valid | 6 |" in md
+    # A value of 0.0 is a value: tabulated and plotted, not dropped.
+    accuracy_column = 3 + TABLE_KEYS.index("enhanced_accuracy")
+    assert md.splitlines()[6].split("|")[accuracy_column].strip() == "0.000"
+    assert series(rows, "enhanced_accuracy", PRETRAIN_METRICS) == [(2, 0.0), (4, 0.0), (6, 0.0)]
     assert report_main([str(tmp_path / "missing")]) == 2
 
 
