@@ -71,15 +71,15 @@ class Transcriber:
                 f"{self.source.spec}: the CTC head has {model.final_proj.output_dim} outputs but its "
                 f"vocabulary {self.source.vocabulary_path} has {len(self.vocabulary)} symbols."
             )
-        self.features = self.source.feature_config()
+        self.feature_config = self.source.feature_config()
         channels = model.encoder_frontend.feature_extractor.num_fbank_channels
-        if self.features.num_mel_bins != channels:
+        if self.feature_config.num_mel_bins != channels:
             raise ModelSourceError(
-                f"{self.source.spec}: its features have {self.features.num_mel_bins} mel bins but "
+                f"{self.source.spec}: its features have {self.feature_config.num_mel_bins} mel bins but "
                 f"the model's front end expects {channels} fbank channels."
             )
         self._loader = AudioLoader()
-        self._fbank = FbankExtractor.from_config(self.features)
+        self._fbank = FbankExtractor.from_config(self.feature_config)
         self._min_frames = min_fbank_frames(model.encoder_frontend.feature_extractor.stride)
         self.max_frames_per_batch = max_frames_per_batch
 

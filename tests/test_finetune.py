@@ -243,10 +243,10 @@ def test_inference_uses_the_features_the_model_was_trained_with(tmp_path, finetu
     assert torch.equal(got, expected)
     assert not torch.allclose(got, FbankExtractor()(waveform, seed))  # the defaults differ
     # The run folder reads its config.yaml's dataset.pipeline.
-    assert Transcriber(str(finetuned)).features == FbankConfig()
+    assert Transcriber(str(finetuned)).feature_config == FbankConfig()
     del fields["features"]  # an older card: the defaults
     card.write_text(yaml.safe_dump(fields))
-    assert Transcriber(str(tmp_path / "asr")).features == FbankConfig()
+    assert Transcriber(str(tmp_path / "asr")).feature_config == FbankConfig()
     fields["features"] = {"num_mel_bins": "many"}
     card.write_text(yaml.safe_dump(fields))
     with pytest.raises(ValueError, match=r"`features`: invalid feature settings"):

@@ -252,6 +252,8 @@ print(json.dumps({{"weights": same_weights, "out": torch.equal(a, b), "layer": t
         ("model.config_overrides.enhanced.label_layer=9", "label_layer"),
         ("model.arch=nope", "nope"),
         ("schedule.tau_min=5.0", "tau_min"),
+        ("schedule.refine_start_fraction=1.5", "refine_start_step"),
+        ("dataset.pipeline.num_mel_bins=40", "num_mel_bins is 40"),
     ],
 )
 def test_bad_configs_fail_at_start_up_naming_the_key(tmp_path, corpus, override, words):

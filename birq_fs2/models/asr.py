@@ -28,8 +28,8 @@ def asr_config_for(
     encoder_config: Wav2Vec2EncoderConfig, vocab_size: int = 30
 ) -> Wav2Vec2AsrConfig:
     """A CTC config around a BiRQ encoder: one output per symbol of the character
-    vocabulary (blank, pad, A-Z, apostrophe, word boundary: 30), time masks of 5 frames
-    (200 ms) on at most ~50 % of the frames, channel masks of 16 model dimensions
+    vocabulary (blank, pad, A-Z, apostrophe, word boundary: 30), time masks of 5 encoder
+    frames (200 ms at the archs' 40 ms frames) on at most ~50 % of the frames, channel masks of 16 model dimensions
     (SpecAugment-like)."""
     return Wav2Vec2AsrConfig(
         encoder_config=replace(encoder_config),

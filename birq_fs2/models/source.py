@@ -108,7 +108,7 @@ class ModelSource:
         family = get_dependency_resolver().resolve(ModelFamily, key=self.family)
         config = family.get_model_config(self.card)
         hub = ModelHub(family, get_asset_store())
-        return hub.create_new_model(config, device=torch.device("meta"))
+        return hub.create_new_model(config, device=torch.device("cpu"), meta=True)
 
     def _load_merged(self, device: torch.device, dtype: torch.dtype | None) -> Module:
         # fairseq2's loader concatenates every per-rank tensor, FSDP's replicated buffers

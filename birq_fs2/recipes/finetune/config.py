@@ -32,9 +32,12 @@ class FinetuneDatasetSection(DatasetSection):
     """`name`: a dataset card; or `family: birq_asr` with `config_overrides: {path: DIR}`."""
 
     name: str | None = None
+    """A dataset asset card (family ``birq_asr``), instead of `family` + `config_overrides`."""
     family: str | None = BIRQ_ASR_FAMILY
     train_split: str = "train"
+    """The labelled training split (audio with transcripts)."""
     valid_split: str | None = "dev"
+    """Decoded for WER / CER every regime.validate_every_n_steps; None: no validation."""
     train_fraction: float = 1.0
     """The labelled part: a fixed subset of this fraction of the training utterances,
     chosen by a hash of (common.seed, utterance id), so runs with the same seed
@@ -45,6 +48,7 @@ class FinetuneDatasetSection(DatasetSection):
             min_frames=100, max_frames=3500, max_frames_per_batch=35_000
         )
     )
+    """Audio -> fbank -> batches (the feature settings travel with exported models)."""
 
     def validate(self) -> ValidationResult:
         result = ValidationResult()
@@ -76,6 +80,8 @@ class PretrainedEncoderSection:
 
 @dataclass(kw_only=True)
 class BirqFinetuneConfig:
+    """``birq-finetune``: fairseq2's recipe sections plus `pretrained`."""
+
     model: ModelSection = field(
         default_factory=lambda: ModelSection(family=WAV2VEC2_ASR_FAMILY, arch="birq_base")
     )
