@@ -60,6 +60,13 @@ class BirqFinetuneRecipe(Recipe):
             )
             return model
         pretrained_source = resolve_model(source, step=config.pretrained.step)
+        trained_on, tuning_on = pretrained_source.features, config.dataset.pipeline.features()
+        if trained_on is not None and trained_on != tuning_on:
+            # Allowed (a deliberate change is possible) but rarely what anyone wants.
+            log.warning(
+                "birq-finetune: {} was pretrained on features {} but dataset.pipeline gives {}.",
+                source, trained_on.to_dict(), tuning_on.to_dict(),
+            )  # fmt: skip
         if any(p.is_meta for p in model.parameters()):
             # fairseq2 initialises a new model on data-parallel rank 0 only; the other
             # ranks hold meta tensors and receive rank 0's weights when it is wrapped.
