@@ -55,9 +55,19 @@ PRETRAIN_METRICS = _table(
     Metric("mask_rate", "Mask Rate", 110),
     Metric("gamma", "Gamma", 111),
     Metric("tau", "Gumbel Tau", 112),
+    Metric("enhanced_weight", "Enhanced Loss Weight", 113),
     Metric("num_targets", "Masked Frames", 830, format_as_int),
     Metric("skipped_utterances", "Skipped Utterances", 831, format_as_int),
 )
+
+LABEL_QUALITY_METRICS = _table(
+    Metric("anchor_pnmi", "Anchor PNMI", 120),
+    Metric("enhanced_pnmi", "Enhanced PNMI", 121),
+    Metric("anchor_phone_purity", "Anchor Phone Purity", 122),
+    Metric("enhanced_phone_purity", "Enhanced Phone Purity", 123),
+    Metric("label_quality_frames", "Phone-Aligned Frames", 832, format_as_int),
+)
+"""Validation only, when the validation split has phone alignments (`birq_fs2.label_quality`)."""
 
 FINETUNE_METRICS = _table(
     LOSS,

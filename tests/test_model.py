@@ -184,6 +184,7 @@ def test_masker_rate_padding_and_short_utterances():
         (lambda c: setattr(c.enhanced, "label_layer", 0), "enhanced.label_layer"),
         (lambda c: setattr(c.encoder_config, "feature_dim", 300), "encoder_config.feature_dim"),
         (lambda c: setattr(c.enhanced, "label_grad", "straight"), "enhanced.label_grad"),
+        (lambda c: setattr(c.enhanced, "label_norm", "batch"), "enhanced.label_norm"),
         (lambda c: setattr(c.masking, "start_prob", 1.5), "masking.start_prob"),
     ],
 )
@@ -214,3 +215,30 @@ print(json.dumps({"archs": sorted(hub.get_archs()), "type": type(model).__name__
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["archs"] == sorted(ARCHS) and out["type"] == "BirqModel"
     assert "nope" in out["unknown"]
+
+
+def test_instance_label_norm_excludes_padding_and_ignores_the_batch():
+    model = build(label_norm="instance")
+    gen = torch.Generator().manual_seed(3)
+    hidden = torch.randn(3, 50, 144, generator=gen) * 4 + 2
+    lens = [50, 31, 12]
+    for i, n in enumerate(lens):
+        hidden[i, n:] = 1e4  # whatever sits in padding must not matter
+    batched = model.normalize_label_input(hidden, BatchLayout((3, 50), seq_lens=lens))
+    for i, n in enumerate(lens):
+        alone = model.normalize_label_input(
+            hidden[i : i + 1, :n], BatchLayout((1, n), seq_lens=[n])
+        )
+        torch.testing.assert_close(batched[i, :n], alone[0], rtol=1e-5, atol=1e-5)
+        # Per utterance and channel: zero mean, unit variance over the utterance's frames.
+        torch.testing.assert_close(alone[0].mean(0), torch.zeros(144), rtol=0, atol=1e-4)
+        torch.testing.assert_close(
+            alone[0].var(0, unbiased=False), torch.ones(144), rtol=1e-3, atol=1e-3
+        )
+    # The default is the per-frame LayerNorm the model always used.
+    layer = build().normalize_label_input(hidden, BatchLayout((3, 50), seq_lens=lens))
+    torch.testing.assert_close(layer, torch.nn.functional.layer_norm(hidden, (144,)))
+    x, layout = batch(4)
+    out = model(x, layout, BirqStep(tau=1.0, seed=1))
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and out.enhanced_labels.shape == (out.num_targets, 1)

@@ -134,6 +134,32 @@ def test_gumbel_noise_differs_per_micro_batch_and_stream_and_repeats_on_resume()
     )
 
 
+def test_enhanced_warmup_and_collapse_guard(caplog):
+    from birq_fs2.data.pipeline import DataStats
+    from birq_fs2.recipes.errors import LabelCollapseError
+    from birq_fs2.recipes.pretrain.recipe import BirqTrainUnit
+
+    section = BirqScheduleSection(refine_start_step=10, enhanced_warmup_steps=4, collapse_ratio=0.1)
+    sched = StepSchedule(section, 100, 0, 0)
+    assert [sched(s).enhanced_weight for s in (11, 12, 14, 50)] == [0.25, 0.5, 1.0, 1.0]
+    assert StepSchedule(BirqScheduleSection(), 100, 0, 0)(50).enhanced_weight == 1.0
+
+    unit = BirqTrainUnit(None, None, sched, DataStats())
+    healthy = {"anchor_perplexity": torch.tensor(100.0), "enhanced_perplexity": torch.tensor(30.0)}
+    collapsed = {"anchor_perplexity": torch.tensor(100.0), "enhanced_perplexity": torch.tensor(4.3)}
+    with caplog.at_level("WARNING"):
+        unit.process_metric_values(dict(healthy))
+        assert "collapsed" not in caplog.text
+        unit.process_metric_values(dict(collapsed))
+        unit.process_metric_values(dict(collapsed))
+    assert caplog.text.count("Enhanced labels collapsed") == 1  # one warning, with the numbers
+    assert "code perplexity 4.3 against the anchor's 100.0" in caplog.text
+    section.stop_on_collapse = True
+    stopping = BirqTrainUnit(None, None, StepSchedule(section, 100, 0, 0), DataStats())
+    with pytest.raises(LabelCollapseError, match="collapse_ratio = 0.1"):
+        stopping.process_metric_values(dict(collapsed))
+
+
 def test_label_statistics():
     labels = torch.tensor([[0], [1], [1], [3]])
     used, ppl = codebook_usage(labels, 8)

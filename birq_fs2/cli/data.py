@@ -59,7 +59,7 @@ def _manifest(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
-    from birq_fs2.data.check import Problem, check_utterances
+    from birq_fs2.data.check import Problem, alignment_files, check_alignments, check_utterances
 
     path: Path = args.path
     if args.splits:
@@ -70,13 +70,18 @@ def _check(args: argparse.Namespace) -> int:
         raise CorpusError(f"{args.path}: no manifests (*.tsv) or LibriSpeech subsets found.")
     problems: list = []
     total = 0
+    aligned: set[Path] = set()  # *.phones.txt, each checked once (splits may share chapters)
     for split in splits:
         if (path / split).is_dir() and not (path / f"{split}.tsv").exists():
             notes: list[tuple[str, str]] = []
             utts = scan_librispeech(path / split, problems=notes)
             problems += [Problem(file, "bad_transcript", message) for file, message in notes]
+            files = alignment_files(utts, path / split)
         else:
             utts = load_split(path, split)
+            files = alignment_files(utts)
+        problems += check_alignments(f for f in files if f not in aligned)
+        aligned.update(files)
         total += len(utts)
         with Progress(disable=args.quiet) as bar:
             job = bar.add_task(f"checking {split}", total=len(utts))
@@ -88,7 +93,8 @@ def _check(args: argparse.Namespace) -> int:
         print(p)
     counts = Counter(p.kind for p in problems)
     summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "no problems"
-    print(f"{total} files in {', '.join(splits)}: {summary}", file=sys.stderr)
+    alignments = f" ({len(aligned)} alignment files)" if aligned else ""
+    print(f"{total} files in {', '.join(splits)}{alignments}: {summary}", file=sys.stderr)
     return 1 if problems else 0
 
 
@@ -116,7 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1)
     p.set_defaults(fn=_manifest)
 
-    p = sub.add_parser("check", help="report every unusable file and missing transcript")
+    p = sub.add_parser(
+        "check", help="report every unusable file, missing transcript and bad phone alignment"
+    )
     p.add_argument("path", type=Path, help="manifest directory, LibriSpeech root or subset")
     p.add_argument("--splits", nargs="*")
     p.add_argument("--min-frames", type=int, default=100)

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import soundfile
 
 from birq_fs2.frames import SAMPLE_RATE, num_fbank_frames
 
+from .alignments import ALIGNMENT_SUFFIX, END_TOLERANCE, AlignmentError, parse_line
 from .audio import AudioError, AudioLoader
-from .corpus import Utterance
+from .corpus import AUDIO_SUFFIXES, Utterance
 
 
 @dataclass(frozen=True)
 class Problem:
     path: str
     kind: str  # unreadable | corrupt | empty | truncated | too_short | wrong_rate | stereo | missing_transcript
+    # | bad_alignment | orphan_alignment | alignment_length (path: <file>:<line> for a line)
     message: str
 
     def __str__(self) -> str:
@@ -86,3 +89,86 @@ def check_utterances(
         if on_progress is not None:
             on_progress()
     return problems
+
+
+def alignment_files(utterances: Iterable[Utterance], subset_dir: Path | None = None) -> list[Path]:
+    """The ``*.phones.txt`` next to the utterances' audio, and under `subset_dir`
+    (``<spk>/<chapter>/``) when it is a LibriSpeech subset; sorted."""
+    files = {f for d in {u.path.parent for u in utterances} for f in d.glob(f"*{ALIGNMENT_SUFFIX}")}
+    if subset_dir is not None:
+        files.update(Path(subset_dir).glob(f"*/*/*{ALIGNMENT_SUFFIX}"))
+    return sorted(files)
+
+
+def check_alignment_file(path: Path, *, tolerance: float = END_TOLERANCE) -> list[Problem]:
+    """Every problem of one alignment file (format: `birq_fs2.data.alignments`), each
+    named ``<file>:<line>``: a malformed or non-monotonic line, a duplicate or unsorted
+    id, an utterance with no audio file next to it, a last END more than `tolerance`
+    seconds from its audio's duration."""
+    try:
+        raw = path.read_bytes()
+    except OSError as ex:
+        return [Problem(str(path), "bad_alignment", f"unreadable ({ex.strerror})")]
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as ex:
+        lineno = raw[: ex.start].count(b"\n") + 1
+        where = f"{path}:{lineno}"
+        return [Problem(where, "bad_alignment", f"not UTF-8 ({ex.reason} at byte {ex.start})")]
+    if not text:
+        return [Problem(str(path), "bad_alignment", "empty file (write none for no alignment)")]
+    problems: list[Problem] = []
+    lines = text.splitlines()
+    if not text.endswith("\n"):
+        problems.append(Problem(f"{path}:{len(lines)}", "bad_alignment", "no newline at the end"))
+    seen: dict[str, int] = {}
+    previous = ""
+    for lineno, line in enumerate(lines, 1):
+        where = f"{path}:{lineno}"
+        try:
+            utt_id, segments = parse_line(line, path, lineno)
+        except AlignmentError as ex:
+            problems.append(Problem(where, "bad_alignment", ex.problem))
+            continue
+        if utt_id in seen:
+            problems.append(
+                Problem(where, "bad_alignment", f"{utt_id}: duplicate id (line {seen[utt_id]})")
+            )
+            continue
+        seen[utt_id] = lineno
+        if utt_id < previous:
+            problems.append(
+                Problem(where, "bad_alignment", f"{utt_id}: after {previous} (unsorted)")
+            )
+        previous = max(previous, utt_id)
+        audio = [path.parent / f"{utt_id}{suffix}" for suffix in AUDIO_SUFFIXES]
+        audio = [a for a in audio if a.is_file()]
+        if not audio:
+            problems.append(
+                Problem(
+                    where,
+                    "orphan_alignment",
+                    f"{utt_id}: no audio file ({utt_id}.flac or .wav) next to it",
+                )
+            )
+            continue
+        try:
+            info = soundfile.info(str(audio[0]))
+        except RuntimeError:
+            continue  # the audio check reports the file itself
+        duration = info.frames / info.samplerate
+        end = segments[-1].end
+        if abs(end - duration) > tolerance:
+            problems.append(
+                Problem(
+                    where,
+                    "alignment_length",
+                    f"{utt_id}: last phone ends at {end:.3f} s, the audio lasts {duration:.3f} s "
+                    f"(more than {tolerance * 1000:.0f} ms apart)",
+                )
+            )
+    return problems
+
+
+def check_alignments(files: Iterable[Path], *, tolerance: float = END_TOLERANCE) -> list[Problem]:
+    return [p for f in files for p in check_alignment_file(Path(f), tolerance=tolerance)]

@@ -7,17 +7,31 @@ variant) and, when installed, flite voices, each with its own speed, pitch, leve
 channel effect. Sentences come from a small generated grammar (default: a vocabulary CTC
 learns in minutes on a CPU), CPython's pydoc topics or WordNet's example sentences.
 
+Next to each chapter's transcript, ``<spk>-<chapter>.phones.txt`` holds the phone
+segmentation of its utterances (format: `birq_fs2.data.alignments`). flite prints its
+segments with ``-psdur``. espeak-ng's command line cannot, so the utterance is rendered a
+second time through libespeak-ng (ctypes; a fresh copy of the library per utterance, as
+the command line is a fresh process; the same voice, speed, pitch and flags), whose
+phoneme events carry their sample positions; they are kept only when that rendering has
+exactly as many samples as the command line's file. Times are seconds, so resampling to 16 kHz leaves them as they
+are. The last phone is set to end at the written audio's end; an utterance whose engine
+puts that end more than 20 ms away gets no alignment line (with Debian 12's engines none
+does: espeak-ng agrees to the sample, flite within one pitch period).
+
 Everything is drawn from ``--seed`` up front; utterances render in worker processes in a
 fixed order with one torch thread each, so the same seed gives byte-identical files.
 """
 
 from __future__ import annotations
 
+import atexit
+import json
 import os
 import random
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -29,6 +43,14 @@ import soundfile
 
 from birq_fs2.frames import SAMPLE_RATE
 
+from .alignments import (
+    ALIGNMENT_SUFFIX,
+    END_TOLERANCE,
+    SILENCE,
+    PhoneSegment,
+    segments_from_ends,
+    write_alignments,
+)
 from .vocab import normalize_transcript
 
 SUBSETS = ("train", "dev", "test")
@@ -48,6 +70,12 @@ _VARIANTS = (
 ).split()
 _FLITE_VOICES = ("kal16", "awb", "rms", "slt")
 _CHANNELS = ("clean", "telephone", "bright", "muffled", "room")
+# Diphone voices: their last unit ends half-way through the final pause (cst_diphone.c:
+# the second half of a diphone ends at the middle of its segment), earlier than -psdur says.
+_FLITE_DIPHONE_VOICES = frozenset({"kal", "kal16"})
+_FLITE_SILENCES = frozenset({"pau", "h#", "#", "sil", "ssil"})
+ALIGNMENT_TOLERANCE = END_TOLERANCE
+"""Seconds the engine's end of the last phone may differ from the written audio's end."""
 
 
 class SynthError(RuntimeError):
@@ -220,17 +248,188 @@ class Task:
     seed: int
 
 
-def _run_engine(task: Task, wav: Path) -> None:
+Phones = tuple[list[str], list[float]]
+"""Phone names and their end times in seconds (the first phone starts at 0)."""
+
+
+def _run_engine(task: Task, wav: Path) -> Phones | None:
+    """Render `task` to `wav` with the engine's command line; the engine's phones, or
+    None when it gave none."""
     s, text = task.speaker, task.text
     if s.engine == "espeak":
         cmd = [require_tool("espeak-ng"), "-v", s.voice, "-s", str(round(165 * s.rate)),
                "-p", str(round(s.pitch)), "-w", str(wav), text]  # fmt: skip
     else:
         cmd = [require_tool("flite"), "-voice", s.voice, "--setf", f"duration_stretch={1 / s.rate:.3f}",
-               "--setf", f"int_f0_target_mean={s.pitch:.0f}", "-t", text, "-o", str(wav)]  # fmt: skip
+               "--setf", f"int_f0_target_mean={s.pitch:.0f}", "-t", text, "-psdur", "-o", str(wav)]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0 or not wav.exists():
         raise SynthError(f"{' '.join(cmd[:3])} failed: {proc.stderr.strip()[:200]}")
+    if s.engine == "flite":
+        return _flite_phones(proc.stdout, s.voice)
+    frames = soundfile.info(str(wav)).frames
+    return _espeak_phones(s.voice, round(165 * s.rate), round(s.pitch), text, frames)
+
+
+def _flite_phones(stdout: str, voice: str) -> Phones | None:
+    """``-psdur`` output: ``name:end`` per segment (``pau:0.230 dh:0.290 ...``)."""
+    phones, ends = [], []
+    for token in stdout.split():
+        name, sep, end = token.rpartition(":")
+        try:
+            t = float(end)
+        except ValueError:
+            return None
+        if not sep or not name:
+            return None
+        phones.append(SILENCE if name in _FLITE_SILENCES else name.lower())
+        ends.append(t)
+    if not phones:
+        return None
+    if voice in _FLITE_DIPHONE_VOICES and len(ends) > 1:
+        ends[-1] = (ends[-2] + ends[-1]) / 2
+    return phones, ends
+
+
+# libespeak-ng keeps state between utterances in one process (a voice variant's settings
+# leak into the next voice's timing), so each utterance is synthesised in a fresh copy of
+# the library, as the command line is a fresh process: a small helper interpreter loads
+# the library without initialising it and forks a child per request, which initialises,
+# synthesises and answers one JSON line (synth takes ~1.3x as long as without alignments;
+# a fresh interpreter per utterance took ~2x).
+_ESPEAK_HELPER = r"""
+import ctypes, json, os, sys
+
+class EventId(ctypes.Union):
+    _fields_ = [("number", ctypes.c_int), ("name", ctypes.c_char_p), ("string", ctypes.c_char * 8)]
+
+class Event(ctypes.Structure):  # espeak_EVENT (speak_lib.h)
+    _fields_ = [("type", ctypes.c_int), ("unique_identifier", ctypes.c_uint),
+                ("text_position", ctypes.c_int), ("length", ctypes.c_int),
+                ("audio_position", ctypes.c_int), ("sample", ctypes.c_int),
+                ("user_data", ctypes.c_void_p), ("id", EventId)]
+
+class Voice(ctypes.Structure):  # espeak_VOICE
+    _fields_ = [("name", ctypes.c_char_p), ("languages", ctypes.c_char_p),
+                ("identifier", ctypes.c_char_p), ("gender", ctypes.c_ubyte),
+                ("age", ctypes.c_ubyte), ("variant", ctypes.c_ubyte), ("xx1", ctypes.c_ubyte),
+                ("score", ctypes.c_int), ("spare", ctypes.c_void_p)]
+
+Callback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int,
+                            ctypes.POINTER(Event))
+
+def synthesise(lib, voice, rate, pitch, text):
+    lib.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
+                                 ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
+    lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+    # AUDIO_OUTPUT_SYNCHRONOUS, default buffer and data path, espeakINITIALIZE_PHONEME_EVENTS
+    sample_rate = lib.espeak_Initialize(2, 0, None, 1)
+    if sample_rate <= 0:
+        return {"error": "espeak_Initialize failed"}
+    samples, events = [0], []
+
+    def on_audio(wav, num_samples, ev):
+        samples[0] += max(num_samples, 0)
+        i = 0
+        while ev[i].type != 0:  # espeakEVENT_LIST_TERMINATED
+            if ev[i].type == 7:  # espeakEVENT_PHONEME
+                events.append((ev[i].id.string.decode("utf-8", "replace"), ev[i].sample))
+            i += 1
+        return 0
+
+    callback = Callback(on_audio)
+    lib.espeak_SetSynthCallback(callback)
+    # As the command line: a voice file's name, else a language (en-gb+Mike) by properties.
+    if lib.espeak_SetVoiceByName(voice.encode()) != 0:
+        if lib.espeak_SetVoiceByProperties(ctypes.byref(Voice(languages=voice.encode()))) != 0:
+            return {"error": f"no voice {voice}"}
+    lib.espeak_SetParameter(1, rate, 0)  # espeakRATE, then espeakPITCH, as the command line
+    lib.espeak_SetParameter(3, pitch, 0)
+    data = text.encode("utf-8")
+    # espeakCHARS_AUTO | espeakPHONEMES | espeakENDPAUSE: the command line's flags
+    if lib.espeak_Synth(data, len(data) + 1, 0, 1, 0, 0x1100, None, None) != 0:
+        return {"error": "espeak_Synth failed"}
+    lib.espeak_Synchronize()
+    return {"rate": sample_rate, "samples": samples[0], "events": events}
+
+try:
+    lib = ctypes.CDLL("libespeak-ng.so.1")
+except OSError as ex:
+    lib, missing = None, str(ex)
+for request in sys.stdin:
+    if lib is None:
+        answer = json.dumps({"error": missing})
+    else:
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # a fresh copy of the uninitialised library
+            os.close(r)
+            try:
+                out = json.dumps(synthesise(lib, *json.loads(request)))
+            except Exception as ex:
+                out = json.dumps({"error": repr(ex)})
+            os.write(w, out.encode())
+            os._exit(0)
+        os.close(w)
+        with os.fdopen(r, "rb") as pipe:
+            answer = pipe.read().decode() or json.dumps({"error": "helper child died"})
+        os.waitpid(pid, 0)
+    sys.stdout.write(answer + "\n")
+    sys.stdout.flush()
+"""
+
+_HELPERS: dict[int, subprocess.Popen] = {}  # by the pid of the process that started it
+
+
+def _espeak_events(voice: str, rate: int, pitch: int, text: str) -> dict:
+    proc = _HELPERS.get(os.getpid())  # a forked worker starts its own, never its parent's
+    if proc is None:
+        proc = subprocess.Popen(
+            [sys.executable, "-I", "-S", "-c", _ESPEAK_HELPER],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, encoding="utf-8",
+        )  # fmt: skip
+        _HELPERS[os.getpid()] = proc
+        atexit.register(_stop_helper, proc)
+    try:
+        proc.stdin.write(json.dumps([voice, rate, pitch, text]) + "\n")
+        proc.stdin.flush()
+        line = proc.stdout.readline()
+    except OSError as ex:
+        return {"error": str(ex)}
+    return json.loads(line) if line else {"error": "the espeak helper exited"}  # ValueError
+
+
+def _stop_helper(proc: subprocess.Popen) -> None:
+    if proc.stdin is not None:
+        proc.stdin.close()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
+def _espeak_phones(voice: str, rate: int, pitch: int, text: str, num_samples: int) -> Phones | None:
+    """libespeak-ng's phoneme events for the command line's rendering of `text`, which
+    wrote `num_samples` samples; None when the library is missing or disagrees."""
+    try:
+        out = _espeak_events(voice, rate, pitch, text)
+        sample_rate, total = int(out["rate"]), int(out["samples"])
+        events = [(str(name), int(sample)) for name, sample in out["events"]]
+    except (ValueError, KeyError, TypeError):
+        return None
+    starts = [sample for _, sample in events]
+    if total != num_samples or not events or starts != sorted(starts) or starts[-1] > total:
+        return None  # not the command line's rendering: its times would not fit the audio
+    phones = [
+        SILENCE if not name or name.startswith("_") else name.replace(":", "\u02d0")
+        for name, _ in events
+    ]
+    ends = [*starts[1:], total]
+    if starts[0] > 0:
+        phones, ends = [SILENCE, *phones], [starts[0], *ends]
+    return phones, [e / sample_rate for e in ends]
 
 
 def _channel(audio, rate: int, channel: str, rng: np.random.Generator):
@@ -254,8 +453,19 @@ def _channel(audio, rate: int, channel: str, rng: np.random.Generator):
     return x.numpy()
 
 
-def render(task: Task) -> float:
-    """Synthesise one utterance to FLAC; returns its duration in seconds."""
+@dataclass(frozen=True)
+class Rendered:
+    duration: float
+    """Seconds of written audio (samples / 16000)."""
+    phones: tuple[PhoneSegment, ...] | None
+    """The phone segmentation, ending at `duration`; None when the engine gave none or
+    its end was more than ALIGNMENT_TOLERANCE away from the audio's."""
+    engine_end: float | None
+    """Where the engine said the last phone ends, before it was set to `duration`."""
+
+
+def render(task: Task) -> Rendered:
+    """Synthesise one utterance to FLAC: its duration and phone segmentation."""
     import torch
 
     threads = torch.get_num_threads()
@@ -266,13 +476,13 @@ def render(task: Task) -> float:
         torch.set_num_threads(threads)  # in-process (jobs=1) callers keep their setting
 
 
-def _render(task: Task) -> float:
+def _render(task: Task) -> Rendered:
     import torch
     import torchaudio.functional as AF
 
     with tempfile.TemporaryDirectory() as tmp:
         wav = Path(tmp) / "out.wav"
-        _run_engine(task, wav)
+        found = _run_engine(task, wav)
         audio, rate = soundfile.read(str(wav), dtype="float32", always_2d=True)
     audio = audio.mean(axis=1)
     if rate != SAMPLE_RATE:
@@ -284,7 +494,15 @@ def _render(task: Task) -> float:
     pcm = np.clip(np.round(audio * 32767), -32768, 32767).astype(np.int16)
     Path(task.path).parent.mkdir(parents=True, exist_ok=True)
     soundfile.write(task.path, pcm, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
-    return len(pcm) / SAMPLE_RATE
+    duration = len(pcm) / SAMPLE_RATE
+    if found is None:
+        return Rendered(duration, None, None)
+    names, ends = found
+    engine_end = ends[-1]
+    if abs(engine_end - duration) > ALIGNMENT_TOLERANCE:
+        return Rendered(duration, None, engine_end)
+    ends = [min(e, duration) for e in ends[:-1]] + [duration]
+    return Rendered(duration, tuple(segments_from_ends(names, ends)), engine_end)
 
 
 # ---------------------------------------------------------------------------- corpus
@@ -297,6 +515,10 @@ class SynthSummary:
     speakers: int
     utterances: dict[str, int]
     hours: dict[str, float]
+    aligned: dict[str, int]
+    """Utterances with a phone alignment, per subset."""
+    max_alignment_error_ms: float | None
+    """The largest |engine end of the last phone - audio end| over all aligned ones."""
 
 
 def plan_corpus(out: Path, hours: float, num_speakers: int, seed: int, text: str, use_flite: bool):
@@ -353,15 +575,26 @@ def synthesize_corpus(
     out = Path(out)
     speakers, tasks = plan_corpus(out, hours, num_speakers, seed, text, use_flite)
     jobs = jobs or min(len(tasks), os.cpu_count() or 1)
-    durations = _render_all(tasks, jobs, progress)
+    rendered = _render_all(tasks, jobs, progress)
+    durations = [r.duration for r in rendered]
 
     transcripts: dict[Path, list[str]] = {}
-    for task in tasks:
+    alignments: dict[Path, dict[str, tuple[PhoneSegment, ...]]] = {}
+    for task, r in zip(tasks, rendered, strict=True):
         p = Path(task.path)
-        key = p.parent / f"{p.parent.parent.name}-{p.parent.name}.trans.txt"
+        stem = f"{p.parent.parent.name}-{p.parent.name}"
+        key = p.parent / f"{stem}.trans.txt"
         transcripts.setdefault(key, []).append(f"{p.stem} {normalize_transcript(task.text)}")
+        chapter = alignments.setdefault(p.parent / f"{stem}{ALIGNMENT_SUFFIX}", {})
+        if r.phones is not None:
+            chapter[p.stem] = r.phones
     for path, lines in transcripts.items():
         path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    for path, mapping in alignments.items():
+        if mapping:
+            write_alignments(path, mapping)
+        else:
+            path.unlink(missing_ok=True)  # a stale file of an earlier run into `out`
 
     minutes: dict[int, float] = {}
     for task, dur in zip(tasks, durations, strict=True):
@@ -378,10 +611,17 @@ def synthesize_corpus(
         sub: sum(d for t, d in zip(tasks, durations, strict=True) if t.speaker.subset == sub) / 3600
         for sub in SUBSETS
     }
-    return SynthSummary(str(out), seed, len(speakers), counts, hours_out)
+    aligned = {
+        sub: sum(1 for t, r in zip(tasks, rendered, strict=True)
+                 if t.speaker.subset == sub and r.phones is not None)
+        for sub in SUBSETS
+    }  # fmt: skip
+    errors = [abs(r.engine_end - r.duration) for r in rendered if r.phones is not None]
+    worst = round(max(errors) * 1000, 1) if errors else None
+    return SynthSummary(str(out), seed, len(speakers), counts, hours_out, aligned, worst)
 
 
-def _render_all(tasks: list[Task], jobs: int, progress: bool) -> list[float]:
+def _render_all(tasks: list[Task], jobs: int, progress: bool) -> list[Rendered]:
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -392,19 +632,19 @@ def _render_all(tasks: list[Task], jobs: int, progress: bool) -> list[float]:
 
     columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TimeRemainingColumn())  # fmt: skip
-    durations: list[float] = []
+    rendered: list[Rendered] = []
     with Progress(*columns, disable=not progress, transient=False) as bar:
         job = bar.add_task("synthesising", total=len(tasks))
         if jobs <= 1:
             for task in tasks:
-                durations.append(render(task))
+                rendered.append(render(task))
                 bar.advance(job)
         else:
             with ProcessPoolExecutor(jobs) as pool:
-                for dur in pool.map(render, tasks, chunksize=8):
-                    durations.append(dur)
+                for r in pool.map(render, tasks, chunksize=8):
+                    rendered.append(r)
                     bar.advance(job)
-    return durations
+    return rendered
 
 
 def summary_dict(summary: SynthSummary) -> dict:

@@ -61,6 +61,11 @@ class EnhancedConfig(QuantizerConfig):
     reuse the masked forward (cheaper, worse)."""
     label_grad: Literal["st", "stop"] = "st"
     """"st": straight-through Gumbel gradient into blocks 1..label_layer; "stop": detach."""
+    label_norm: Literal["layer", "instance"] = "layer"
+    """How the label layer's output is normalised before the random projection: "layer"
+    (per frame, over channels, parameter-free LayerNorm) or "instance" (per utterance
+    and channel, over its unpadded frames, as data2vec normalises its teacher's layers;
+    a frame's label still does not depend on what it is batched with)."""
     logit_scale: float = 0.1
     """Scale of the code similarities before the Gumbel softmax: softmax((s * scale + g) / tau)."""
     gumbel_noise: bool = True
@@ -107,6 +112,10 @@ class BirqConfig:
         if self.enhanced.label_input not in ("unmasked", "masked"):
             result.add_error(
                 f"`enhanced.label_input` must be 'unmasked' or 'masked', got {self.enhanced.label_input!r}."
+            )
+        if self.enhanced.label_norm not in ("layer", "instance"):
+            result.add_error(
+                f"`enhanced.label_norm` must be 'layer' or 'instance', got {self.enhanced.label_norm!r}."
             )
         if self.enhanced.label_grad not in ("st", "stop"):
             result.add_error(

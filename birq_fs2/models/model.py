@@ -10,7 +10,7 @@ fbank_stride = 4 of them into one 40 ms encoder frame, see birq_fs2.frames):
     [enhanced] u -> frontend -> blocks 1..label_layer (unmasked) -> h_k
                h_k[masked] -> LayerNorm -> enhanced quantizer, straight-through
                Gumbel labels fused with the enhanced head's cross-entropy   (L_enh)
-    loss = L_enh + gamma * L_anc   (before refine_start: L_anc alone)
+    loss = w * L_enh + gamma * L_anc   (before refine start: L_anc alone; w ramps 0 -> 1)
 
 A stacked frame is an encoder frame, so "masked encoder frame" is exact: it is a frame
 whose fbank_stride input fbank frames were all replaced with noise.
@@ -117,6 +117,8 @@ class BirqStep:
     """What the recipe's schedules decide for one step."""
 
     enhanced_active: bool = True
+    enhanced_weight: float = 1.0
+    """Weight of L_enh (ramps up from 0 after refine start with a warm-up)."""
     gamma: float = 1.0
     tau: float = 1.0
     seed: int = 0
@@ -199,6 +201,24 @@ class BirqModel(Module):
             seqs = self.encoder.layer_norm(seqs)
         return seqs, captured
 
+    def normalize_label_input(self, hidden: Tensor, layout: BatchLayout) -> Tensor:
+        """(N, S, D) label-layer output -> the normalised input of the enhanced quantizer
+        (fp32), as `enhanced.label_norm` says. Padding never enters the statistics."""
+        hidden = hidden.float()
+        if self.config.enhanced.label_norm == "layer":
+            return F.layer_norm(hidden, (hidden.shape[-1],))
+        N, S, _ = hidden.shape
+        lens = (
+            torch.tensor(layout.seq_lens, device=hidden.device)
+            if layout.padded
+            else torch.full((N,), S, device=hidden.device)
+        )
+        valid = (torch.arange(S, device=hidden.device)[None, :] < lens[:, None])[..., None]
+        count = lens[:, None, None].clamp_min(1).float()
+        mean = (hidden * valid).sum(dim=1, keepdim=True) / count
+        var = (((hidden - mean) * valid) ** 2).sum(dim=1, keepdim=True) / count
+        return (hidden - mean) * torch.rsqrt(var + 1e-5)
+
     def encode(
         self, seqs: Tensor, seqs_layout: BatchLayout, *, layers: Sequence[int] = ()
     ) -> tuple[Tensor, BatchLayout, dict[int, Tensor]]:
@@ -247,7 +267,7 @@ class BirqModel(Module):
                     label_hidden, _ = self.run_encoder(stacked, layout, upto=label_layer)
             else:
                 label_hidden, _ = self.run_encoder(stacked, layout, upto=label_layer)
-            label_input = F.layer_norm(label_hidden[mask].float(), (self.model_dim,))
+            label_input = self.normalize_label_input(label_hidden, layout)[mask]
             if cfg.label_grad == "stop":
                 label_input = label_input.detach()
             enh_q = self.enhanced_quantizer
@@ -261,7 +281,7 @@ class BirqModel(Module):
             enhanced_correct = (
                 enhanced_lp.argmax(-1) == enhanced_labels
             ).float().sum() / enh_q.num_codebooks
-            loss = enhanced_loss + step.gamma * anchor_loss
+            loss = step.enhanced_weight * enhanced_loss + step.gamma * anchor_loss
 
         return BirqOutput(
             loss=loss, anchor_loss=anchor_loss, enhanced_loss=enhanced_loss, num_targets=num_targets,

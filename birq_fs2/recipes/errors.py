@@ -1,5 +1,6 @@
 """Errors a user can fix, reported by fairseq2's recipe CLI as one line (no traceback),
-with exit status 2; a non-finite loss as one line with status 1."""
+with exit status 2; a non-finite loss or a label collapse that stops the run as one line
+with status 1."""
 
 from __future__ import annotations
 
@@ -18,12 +19,16 @@ class RunSetupError(ValueError):
     """A run that cannot start as configured; the message names what and why."""
 
 
+class LabelCollapseError(RuntimeError):
+    """The enhanced labels collapsed and the run was asked to stop on it."""
+
+
 def _user_error(ex: Exception) -> int:
     log.error("{}", ex)
     return 2
 
 
-def _non_finite_loss(ex: Exception) -> int:
+def _training_stopped(ex: Exception) -> int:
     log.error("{}", ex)
     return 1
 
@@ -38,7 +43,8 @@ def register_birq_cli_errors(container: DependencyContainer) -> None:
         RunSetupError,
     ):
         register_cli_error(container, kls, _user_error)
-    register_cli_error(container, FloatingPointError, _non_finite_loss)
+    register_cli_error(container, FloatingPointError, _training_stopped)
+    register_cli_error(container, LabelCollapseError, _training_stopped)
 
 
 def check_feature_dims(num_mel_bins: int, model: Module) -> None:

@@ -52,8 +52,11 @@ class BirqScheduleSection:
     regime.num_steps (the enhanced loss is active from the step after)."""
     refine_start_step: int | None = None
     """The warm-up as a step count instead; when set it replaces refine_start_fraction."""
+    enhanced_warmup_steps: int = 0
+    """The weight w of the enhanced loss ramps linearly from 0 to 1 over this many steps
+    after refine start (0: w = 1 at once): L = w * L_enh + gamma * L_anc."""
     gamma: float = 1.0
-    """Penalty weight of the anchoring loss: L = L_enh + gamma * L_anc."""
+    """Penalty weight of the anchoring loss: L = w * L_enh + gamma * L_anc."""
     gamma_final: float | None = None
     """If set, gamma grows linearly from `gamma` (at refine start) to this (last step)."""
     tau_max: float = 2.0
@@ -62,6 +65,11 @@ class BirqScheduleSection:
     """Floor of the Gumbel temperature."""
     tau_decay: float = 0.999995
     """Gumbel temperature: tau_max * tau_decay^(steps since refine start), floored at tau_min."""
+    collapse_ratio: float = 0.05
+    """Collapse guard: after refine start, an enhanced code perplexity below this fraction
+    of the anchor's (same publish interval) logs one warning with the numbers (0: off)."""
+    stop_on_collapse: bool = False
+    """With the guard tripped, stop the run (exit status 1) instead of warning."""
 
     def refine_start(self, num_steps: int) -> int:
         """The last step of the warm-up (the enhanced loss is active after it)."""
@@ -88,6 +96,14 @@ class BirqScheduleSection:
             result.add_error(f"`schedule.tau_decay` must be in (0, 1], got {self.tau_decay}.")
         if self.gamma < 0:
             result.add_error(f"`schedule.gamma` must be >= 0, got {self.gamma}.")
+        if self.enhanced_warmup_steps < 0:
+            result.add_error(
+                f"`schedule.enhanced_warmup_steps` must be >= 0, got {self.enhanced_warmup_steps}."
+            )
+        if not 0.0 <= self.collapse_ratio < 1.0:
+            result.add_error(
+                f"`schedule.collapse_ratio` must be in [0, 1), got {self.collapse_ratio}."
+            )
         return result
 
 

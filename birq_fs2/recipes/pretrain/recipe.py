@@ -4,6 +4,7 @@ validation, metric recorders). BEST-RQ is the same recipe with a ``bestrq_*`` ar
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any, final
 
@@ -20,17 +21,26 @@ from torch import Tensor
 from torch.nn import Module
 from typing_extensions import override
 
+from birq_fs2.data.alignments import PhoneSegment, frame_phones
 from birq_fs2.data.dataset import SpeechDataset
 from birq_fs2.data.pipeline import DataStats
+from birq_fs2.frames import SAMPLE_RATE, num_fbank_frames
+from birq_fs2.label_quality import label_quality
+from birq_fs2.labels import frame_label_streams, utterance_alignments
 from birq_fs2.metrics import (
     ENHANCED_KEYS,
+    LABEL_QUALITY_METRICS,
     PRETRAIN_METRICS,
     codebook_usage,
     normalized_mutual_information,
     register_metric_descriptors,
 )
 from birq_fs2.models.model import BirqModel, BirqOutput, BirqStep
-from birq_fs2.recipes.errors import check_feature_dims, register_birq_cli_errors
+from birq_fs2.recipes.errors import (
+    LabelCollapseError,
+    check_feature_dims,
+    register_birq_cli_errors,
+)
 from birq_fs2.seeds import derive_seed
 
 from .config import BirqPretrainConfig, BirqScheduleSection
@@ -42,6 +52,7 @@ class BirqPretrainRecipe(Recipe):
     def register(self, container: DependencyContainer) -> None:
         register_birq_cli_errors(container)
         register_metric_descriptors(container, PRETRAIN_METRICS)
+        register_metric_descriptors(container, LABEL_QUALITY_METRICS)
 
     @override
     def create_task(self, context: RecipeContext) -> Task:
@@ -68,7 +79,13 @@ class BirqPretrainRecipe(Recipe):
         unit = BirqTrainUnit(dp_model, model, schedule, stats)
         valid_units, valid_readers = [], []
         if ds.valid_split is not None:
-            valid_units.append(BirqEvalUnit(dp_model, model, schedule))
+            alignments = utterance_alignments(dataset.utterances(ds.valid_split))
+            if alignments:
+                log.info(
+                    "birq: {} validation utterances have phone alignments: label quality (PNMI, "
+                    "purity) is logged at every validation.", len(alignments),
+                )  # fmt: skip
+            valid_units.append(BirqEvalUnit(dp_model, model, schedule, alignments))
             valid_readers.append(
                 dataset.create_eval_reader(
                     ds.valid_split, context.gangs, ds.pipeline, seed=config.common.seed + 1
@@ -105,7 +122,9 @@ class StepSchedule:
             frac = min(1.0, max(0.0, since / (self.num_steps - self.refine_start)))
             gamma = s.gamma + frac * (s.gamma_final - s.gamma)
         tau = max(s.tau_min, s.tau_max * s.tau_decay ** max(0, since))
-        return BirqStep(enhanced_active=since > 0, gamma=gamma, tau=tau)
+        warmup = s.enhanced_warmup_steps
+        weight = min(1.0, max(0, since) / warmup) if warmup > 0 else 1.0
+        return BirqStep(enhanced_active=since > 0, enhanced_weight=weight, gamma=gamma, tau=tau)
 
     def noise_seed(self, stream: str, step_nr: int, batch_nr: int) -> int:
         """The Gumbel noise seed of one batch: the trainer runs the unit once per
@@ -129,7 +148,7 @@ class StreamMean(Mean):
 
 def _add_metrics(bag: MetricBag) -> None:
     for name in ("loss", "anchor_loss", "anchor_accuracy", "anchor_codes_used",
-                 "anchor_perplexity", "mask_rate", "gamma", "tau"):  # fmt: skip
+                 "anchor_perplexity", "mask_rate", "gamma", "tau", "enhanced_weight"):  # fmt: skip
         bag.add(name, Mean())
     for name in ENHANCED_KEYS:
         bag.add(name, StreamMean())
@@ -182,6 +201,9 @@ def _update_metrics(
     )
     bag.get("gamma", Mean).update(torch.tensor(step.gamma))
     bag.get("tau", Mean).update(torch.tensor(step.tau))
+    bag.get("enhanced_weight", Mean).update(
+        torch.tensor(step.enhanced_weight if out.enhanced_loss is not None else 0.0)
+    )
     bag.get("num_targets", Sum).update(torch.tensor(n))
     bag.get("num_examples", Sum).update(torch.tensor(batch.num_examples))
 
@@ -192,6 +214,7 @@ class BirqTrainUnit(TrainUnit[SequenceBatch]):
         self, dp_model: Module, model: BirqModel, schedule: StepSchedule, stats: DataStats
     ) -> None:
         self._dp_model, self._model, self._schedule, self._stats = dp_model, model, schedule, stats
+        self._collapse_reported = False
         self.set_step_nr(1)
 
     @override
@@ -226,12 +249,45 @@ class BirqTrainUnit(TrainUnit[SequenceBatch]):
     def process_metric_values(self, values: dict[str, Any]) -> None:
         _drop_inactive(values)
         values["skipped_utterances"] = self._stats.num_skipped
+        self._guard_collapse(values)
+
+    def _guard_collapse(self, values: dict[str, Any]) -> None:
+        """One warning (or, with stop_on_collapse, a stop) when the enhanced labels use a
+        small fraction of the codes the anchor labels use: the collapse that makes L_enh
+        trivially small and the encoder learn nothing from it."""
+        ratio = self._schedule.section.collapse_ratio
+        if ratio <= 0 or "enhanced_perplexity" not in values or self._collapse_reported:
+            return
+        enhanced, anchor = float(values["enhanced_perplexity"]), float(values["anchor_perplexity"])
+        if enhanced >= ratio * anchor:
+            return
+        message = (
+            f"Enhanced labels collapsed at step {self._step_nr}: code perplexity {enhanced:.1f} "
+            f"against the anchor's {anchor:.1f} (below schedule.collapse_ratio = {ratio} of it)."
+        )
+        if self._schedule.section.stop_on_collapse:
+            raise LabelCollapseError(
+                message + " Stopping (schedule.stop_on_collapse); the last checkpoint is intact."
+            )
+        log.warning("{} Training goes on (schedule.stop_on_collapse: true stops it).", message)
+        self._collapse_reported = True
 
 
 @final
 class BirqEvalUnit(EvalUnit[SequenceBatch]):
-    def __init__(self, dp_model: Module, model: BirqModel, schedule: StepSchedule) -> None:
+    """Validation losses and label statistics; with phone alignments of the validation
+    utterances also the label quality of both streams (HuBERT's PNMI and purities, over
+    every frame of the utterances this rank validates, on the unmasked input)."""
+
+    def __init__(
+        self,
+        dp_model: Module,
+        model: BirqModel,
+        schedule: StepSchedule,
+        alignments: Mapping[str, list[PhoneSegment]] | None = None,
+    ) -> None:
         self._dp_model, self._model, self._schedule = dp_model, model, schedule
+        self._alignments = alignments or {}
         self.set_train_step_nr(1)
 
     @property
@@ -249,6 +305,8 @@ class BirqEvalUnit(EvalUnit[SequenceBatch]):
         # a given step draws the same noise whether or not the run was resumed.
         self._step_nr, self._batch_nr = step_nr, 0
         self._step = self._schedule(step_nr)
+        self._frame_labels: dict[str, list[Tensor]] = {}
+        self._frame_phones: list[str] = []
 
     @override
     def process_batch(self, batch: SequenceBatch, metric_bag: MetricBag) -> None:
@@ -258,7 +316,37 @@ class BirqEvalUnit(EvalUnit[SequenceBatch]):
         step = replace(self._step, seed=seed)
         out: BirqOutput = self._dp_model(seqs, layout, step)
         _update_metrics(metric_bag, batch, out, step, self._model)
+        if self._alignments:
+            self._collect_frame_labels(batch)
+
+    def _collect_frame_labels(self, batch: SequenceBatch) -> None:
+        seqs, layout = batch.as_input()
+        lens = layout.seq_lens if layout.padded else [seqs.shape[1]] * seqs.shape[0]
+        model = self._model
+        layers = [model.label_layer] if model.has_enhanced else []
+        frame_seconds = model.config.frame_ms / 1000
+        for i, utt_id in enumerate(batch.example["ids"]):
+            segments = self._alignments.get(utt_id)
+            # A cropped utterance no longer starts at the alignment's time 0: left out.
+            if segments is None or int(lens[i]) != num_fbank_frames(
+                round(segments[-1].end * SAMPLE_RATE)
+            ):
+                continue
+            streams = frame_label_streams(model, seqs[i, : int(lens[i])], layers)
+            self._frame_phones += frame_phones(segments, frame_seconds, streams["anchor"].shape[0])
+            self._frame_labels.setdefault("anchor", []).append(streams["anchor"])
+            if layers:
+                self._frame_labels.setdefault("enhanced", []).append(streams[f"layer_{layers[0]}"])
 
     @override
     def process_metric_values(self, values: dict[str, Any]) -> None:
         _drop_inactive(values)
+        if not self._frame_phones:
+            return
+        names = {p: i for i, p in enumerate(sorted(set(self._frame_phones)))}
+        phones = torch.tensor([names[p] for p in self._frame_phones])
+        for stream, parts in self._frame_labels.items():
+            quality = label_quality(torch.cat(parts), phones)
+            values[f"{stream}_pnmi"] = quality.pnmi
+            values[f"{stream}_phone_purity"] = quality.phone_purity
+        values["label_quality_frames"] = int(phones.numel())

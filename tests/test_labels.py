@@ -1,0 +1,64 @@
+"""birq-labels: HuBERT's layer analysis of a pretrained encoder on a phone-aligned corpus."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from helpers import metrics, pretrain_cmd, run
+
+from birq_fs2.metrics import LABEL_QUALITY_METRICS, display
+
+
+@pytest.fixture(scope="module")
+def aligned_corpus(tmp_path_factory):
+    from birq_fs2.data.synth import synthesize_corpus
+
+    out = tmp_path_factory.mktemp("aligned") / "corpus"
+    synthesize_corpus(
+        out, hours=0.01, num_speakers=5, seed=5, jobs=2, progress=False, use_flite=True
+    )
+    return out
+
+
+def test_layer_analysis_of_a_pretrained_run(tmp_path, aligned_corpus, capsys):
+    from birq_fs2.labels import main
+
+    run_dir = tmp_path / "run"
+    proc = run(pretrain_cmd(
+        run_dir, aligned_corpus, "regime.num_steps=2", "regime.checkpoint_every_n_steps=2",
+        "regime.validate_every_n_steps=2", "regime.publish_metrics_every_n_steps=1",
+        "lr_scheduler.config.num_warmup_steps=1", "dataset.pipeline.max_frames=1600",
+        "dataset.pipeline.max_frames_per_batch=3200", "dataset.valid_split=train",
+        "schedule.refine_start_step=1",
+    ))  # fmt: skip
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    # Validation on phone-aligned utterances logs the label quality of both streams.
+    valid = metrics(run_dir, "valid")[2]
+    for key in ("anchor_pnmi", "enhanced_pnmi", "anchor_phone_purity", "enhanced_phone_purity"):
+        assert 0.0 <= valid[display(key, LABEL_QUALITY_METRICS)] <= 1.0, key
+    assert valid[display("label_quality_frames", LABEL_QUALITY_METRICS)] > 100
+    out = tmp_path / "labels"
+    assert main(["--model", str(run_dir), "--data", str(aligned_corpus), "--split", "train",
+                 "--out", str(out), "--max-utterances", "20"]) == 0  # fmt: skip
+    table = capsys.readouterr().out
+    result = json.loads((out / "labels.json").read_text())
+    streams = result["streams"]
+    assert list(streams) == ["anchor", "layer_1", "layer_2", "layer_3", "layer_4"]
+    assert result["label_layer"] == 2 and result["frames"] > 100 and result["phones"] > 10
+    for q in streams.values():
+        assert 0.0 <= q["pnmi"] <= 1.0 and 1 <= q["codes_used"] <= result["codebook_size"]
+    # Random-projection labels of real speech features carry phone information.
+    assert streams["anchor"]["pnmi"] > 0.05
+    assert "| layer_2 (label layer) |" in table
+    assert all(q["chance_pnmi"] < q["pnmi"] for q in streams.values())
+    assert (out / "labels.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "labels.md").read_text() == table
+
+
+def test_layer_analysis_errors_are_one_line(tmp_path, corpus, capsys):
+    from birq_fs2.labels import main
+
+    assert main(["--model", str(tmp_path), "--data", str(corpus)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("birq-labels: error:") and len(err.splitlines()) == 1
