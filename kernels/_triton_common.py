@@ -8,6 +8,9 @@ a second copy of that expression that drifted would silently give wrong gradient
 `KernelSpec` is the single description of a kernel's runtime arguments: the launchers
 go through it and kernels/aot.py builds its compile signature from it, and it checks
 itself against the kernel's own parameter list when the kernel module is imported.
+A flag constexpr may switch on extra pointer arguments (``optional``): they default to
+None in the kernel, and a None argument is a constant to Triton, so with the flag off
+the kernel compiles exactly as it did before those arguments existed.
 """
 
 from __future__ import annotations
@@ -61,7 +64,9 @@ class KernelSpec:
 
     ``arg_types`` lists the runtime arguments in the kernel's order with the type the
     JIT gives them at launch; "{lp}" stands for the element type of ``log_probs``,
-    which the launcher passes through unconverted.
+    which the launcher passes through unconverted. ``optional`` maps the runtime
+    arguments that only a flag uses to that flag: the launcher passes None for them
+    when the flag is off (then they are constants, and compiled out).
     """
 
     name: str
@@ -69,6 +74,7 @@ class KernelSpec:
     arg_types: dict[str, str]
     block_n: int
     max_block_k: int
+    optional: dict[str, str] = field(default_factory=dict)
     params: tuple[str, ...] = field(init=False)  # all of them, in the kernel's order
     constexprs: tuple[str, ...] = field(init=False)
 
@@ -80,24 +86,39 @@ class KernelSpec:
                 f"KernelSpec {self.name!r} lists arguments {list(self.arg_types)} but "
                 f"{self.kernel.__name__} takes {runtime}: update the spec next to the kernel."
             )
+        constexprs = tuple(n for n, is_c in params if is_c)
+        for arg, flag in self.optional.items():
+            if arg not in self.arg_types or flag not in constexprs:
+                raise TypeError(
+                    f"KernelSpec {self.name!r}: optional argument {arg!r} must be a runtime "
+                    f"argument and its flag {flag!r} a constexpr of {self.kernel.__name__}."
+                )
         object.__setattr__(self, "params", tuple(name for name, _ in params))
-        object.__setattr__(self, "constexprs", tuple(n for n, is_c in params if is_c))
+        object.__setattr__(self, "constexprs", constexprs)
 
     def blocks(self, d: int, K: int) -> dict[str, int]:
         block_n, block_k, block_d = block_sizes(d, K, self.block_n, self.max_block_k)
         return {"BLOCK_N": block_n, "BLOCK_K": block_k, "BLOCK_D": block_d}
 
     def launch(self, *args, **constexprs) -> None:
-        """Run over a (row tiles, G) grid, with the tile sizes that `blocks` picks."""
+        """Run over a (row tiles, G) grid, with the tile sizes that `blocks` picks.
+
+        `args` are all the runtime arguments in `arg_types` order (None for an optional
+        one whose flag is off); they reach the kernel by name, as optional arguments
+        follow the constexprs in its parameter list.
+        """
         if len(args) != len(self.arg_types):
             raise TypeError(
                 f"{self.name} takes {len(self.arg_types)} runtime arguments "
                 f"({', '.join(self.arg_types)}), got {len(args)}."
             )
         bound = dict(zip(self.arg_types, args, strict=True))
+        for arg, flag in self.optional.items():
+            if (bound[arg] is not None) != bool(constexprs.get(flag, False)):
+                raise TypeError(f"{self.name}: pass `{arg}` exactly when {flag} is set.")
         blocks = self.blocks(bound["d"], bound["K"])
         grid = (triton.cdiv(bound["N"], blocks["BLOCK_N"]), bound["G"])
-        self.kernel[grid](*args, **blocks, **constexprs, num_warps=NUM_WARPS)
+        self.kernel[grid](**bound, **blocks, **constexprs, num_warps=NUM_WARPS)
 
 
 if HAS_TRITON:
@@ -136,9 +157,11 @@ if HAS_TRITON:
 
     @triton.jit
     def gumbel_scores(z, c, codes, inv_scale, row_key, key_col, NOISE: tl.constexpr):
-        """u = <z, c> / logit_scale (+ Gumbel noise): the forward's scores, and the ones the
-        backward regenerates; `row_key` is unused (may be anything) without NOISE."""
-        u = cosine_scores(z, c) * inv_scale
+        """(s, u): the noise-free scores s = <z, c> / logit_scale and u = s (+ Gumbel noise),
+        the forward's and the ones the backward regenerates. `row_key` is unused (may be
+        anything) without NOISE; a caller that drops s or u gets it compiled out."""
+        s = cosine_scores(z, c) * inv_scale
+        u = s
         if NOISE:
-            u += gumbel_tl(row_key, col_keys_tl(codes, key_col))
-        return u
+            u = s + gumbel_tl(row_key, col_keys_tl(codes, key_col))
+        return s, u

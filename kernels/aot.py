@@ -28,26 +28,29 @@ SPECS: dict[str, KernelSpec] = {s.name: s for s in (LABELS_SPEC, GUMBEL_FWD_SPEC
 KERNELS = tuple(SPECS)
 
 # Values of the kernels' flag constexprs (the tile sizes come from the specs): the
-# costliest variant, so that the resources reported are an upper bound.
+# costliest variant, so that the resources reported are an upper bound. WITH_PROBS (the
+# diversity term's outputs) is chosen per compile: both configurations ship.
 _FLAGS = {"WRITE_GRAD_LP": True}
 
 
 def kernel_source(
-    name: str, *, lp_dtype: str = "fp32", noise: bool = True, d: int = 16, K: int = 8192,
-    constants: dict | None = None,
+    name: str, *, lp_dtype: str = "fp32", noise: bool = True, with_probs: bool = False,
+    d: int = 16, K: int = 8192, constants: dict | None = None,
 ) -> ASTSource:  # fmt: skip
     """The compile input of kernel `name`, typed from its `KernelSpec`.
 
     `constants` turns runtime arguments into constants, as the JIT does for ints equal
-    to 1; every constexpr of the kernel must get a value, or this raises.
+    to 1; every constexpr of the kernel must get a value, or this raises. The optional
+    arguments of a flag that is off are None constants, as the launcher passes them.
     """
     if name not in SPECS:
         raise ValueError(f"`name` must be one of {KERNELS}, got {name!r}.")
     spec = SPECS[name]
-    flags = {"NOISE": noise, **_FLAGS}
+    flags = {"NOISE": noise, "WITH_PROBS": with_probs, **_FLAGS}
     constexprs = {
         **spec.blocks(d, K),
         **{key: value for key, value in flags.items() if key in spec.constexprs},
+        **{arg: None for arg, flag in spec.optional.items() if not flags.get(flag, False)},
         **(constants or {}),
     }
     missing = [key for key in spec.constexprs if key not in constexprs]
@@ -96,11 +99,11 @@ def _resource_usage(cubin: bytes) -> tuple[int | None, int | None]:
 
 
 def compile_kernel(
-    name: str, cc: int = 90, *, lp_dtype: str = "fp32", noise: bool = True, d: int = 16,
-    K: int = 8192,
+    name: str, cc: int = 90, *, lp_dtype: str = "fp32", noise: bool = True,
+    with_probs: bool = False, d: int = 16, K: int = 8192,
 ) -> CompiledKernelInfo:  # fmt: skip
     """Compile kernel `name` for compute capability `cc` (80: A100, 90: H100)."""
-    src = kernel_source(name, lp_dtype=lp_dtype, noise=noise, d=d, K=K)
+    src = kernel_source(name, lp_dtype=lp_dtype, noise=noise, with_probs=with_probs, d=d, K=K)
     compiled = triton.compile(
         src, target=GPUTarget("cuda", cc, 32), options={"num_warps": NUM_WARPS}
     )

@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from birq_kernels import (
+    codebook_diversity_loss,
     gumbel_noise,
     gumbel_rpq_cross_entropy,
     reference_gumbel_rpq_cross_entropy,
@@ -57,6 +58,66 @@ def test_fused_matches_reference_values_and_gradients(shape, noise):
     scale = gx_r.abs().max().item()
     assert scale > 0
     torch.testing.assert_close(gx, gx_r, atol=1e-5 * scale, rtol=1e-4)
+
+
+def _run_with_probs(fn, x, projection, codebook, log_probs, **kw):
+    """Outputs, and the gradients (x, log_probs) of loss.sum() + 0.3 L_div and (x) of L_div."""
+    x = x.clone().requires_grad_()
+    log_probs = log_probs.clone().requires_grad_()
+    loss, labels, prob_sums = fn(x, projection, codebook, log_probs, with_probs=True, **kw)
+    div = codebook_diversity_loss(prob_sums, x.shape[0])
+    gx, glp = torch.autograd.grad(loss.sum() + 0.3 * div, (x, log_probs), retain_graph=True)
+    (gx_div,) = torch.autograd.grad(div, x)
+    return loss.detach(), labels, prob_sums.detach(), div.detach(), gx, glp, gx_div
+
+
+# G > 1, K past the Triton tile (64) and not a multiple of it; 200 x 8192: two slabs.
+PROB_SHAPES = [(70, 37, 2, 12, 300), (33, 20, 3, 24, 65), (200, 40, 1, 16, 8192)]
+
+
+@pytest.mark.parametrize("noise", [True, False], ids=["noise", "no_noise"])
+@pytest.mark.parametrize("shape", PROB_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_prob_sums_and_diversity_gradients_match_reference(shape, noise):
+    N, D, G, d, K = shape
+    x, projection, codebook = make_quantizer(*shape, seed=K)
+    log_probs = make_log_probs(N, G, K)
+    kw = dict(noise=noise, **KW)
+    ref = _run_with_probs(reference_gumbel_rpq_cross_entropy, x, projection, codebook, log_probs, **kw)  # fmt: skip
+    got = _run_with_probs(gumbel_rpq_cross_entropy, x, projection, codebook, log_probs, **kw)
+    loss_r, labels_r, sums_r, div_r, gx_r, glp_r, gxd_r = ref
+    loss, labels, sums, div, gx, glp, gxd = got
+    # The loss and labels are those of the default call, bit for bit.
+    plain = gumbel_rpq_cross_entropy(x, projection, codebook, log_probs, **kw)
+    assert len(plain) == 2
+    assert torch.equal(loss, plain[0]) and torch.equal(labels, plain[1])
+    assert torch.equal(labels, labels_r)
+    assert sums.shape == (G, K) and sums.dtype == torch.float32
+    torch.testing.assert_close(sums, sums_r, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(sums.sum(dim=1), torch.full((G,), float(N)), atol=1e-3, rtol=1e-5)
+    torch.testing.assert_close(div, div_r, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(glp, glp_r, atol=1e-6, rtol=1e-5)
+    for g, g_r in ((gx, gx_r), (gxd, gxd_r)):  # the sum, and the diversity term alone
+        scale = g_r.abs().max().item()
+        assert scale > 0
+        torch.testing.assert_close(g, g_r, atol=1e-5 * scale, rtol=1e-4)
+
+
+def test_codebook_diversity_loss_extremes():
+    G, K, N = 3, 10, 7
+    uniform = torch.full((G, K), N / K)
+    assert abs(codebook_diversity_loss(uniform, N).item()) < 1e-6
+    one_hot = torch.zeros(G, K)
+    one_hot[torch.arange(G), torch.tensor([0, 4, 9])] = N
+    div = codebook_diversity_loss(one_hot, N)
+    assert abs(div.item() - (G * K - G) / (G * K)) < 1e-6
+    # Differentiable, with a finite gradient even where a code has no mass.
+    sums = one_hot.clone().requires_grad_()
+    codebook_diversity_loss(sums, N).backward()
+    assert torch.isfinite(sums.grad).all()
+    with pytest.raises(ValueError, match="`num_rows` must be a positive int"):
+        codebook_diversity_loss(uniform, 0)
+    with pytest.raises(ValueError, match=r"`prob_sums` must be a \(G, K\)"):
+        codebook_diversity_loss(uniform[0], N)
 
 
 def test_without_noise_labels_are_the_anchor_style_nearest_codes():
@@ -120,13 +181,21 @@ def test_no_n_by_k_tensor_is_saved_for_backward():
         saved.append(t)
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss, _ = gumbel_rpq_cross_entropy(x, projection, codebook, log_probs, **KW)
-    own = [t for t in saved if t.data_ptr() != log_probs.data_ptr()]
-    # z, row norms, (m, l, E), labels: O(N * G * d); projection and codebook: O(G * K * d).
-    assert own and max(t.numel() for t in own) <= max(N * G * 16, G * K * 16) < N * K
-    loss.sum().backward()
-    assert x.grad is not None and log_probs.grad is not None
+    for with_probs in (False, True):
+        saved.clear()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = gumbel_rpq_cross_entropy(
+                x, projection, codebook, log_probs, with_probs=with_probs, **KW
+            )
+        own = [t for t in saved if t.data_ptr() != log_probs.data_ptr()]
+        # z, row norms, (m, l, E), labels, with probs (max, normaliser) and prob_sums:
+        # O(N * G * d); projection and codebook: O(G * K * d).
+        assert own and max(t.numel() for t in own) <= max(N * G * 16, G * K * 16) < N * K
+        objective = out[0].sum()
+        if with_probs:
+            objective = objective + codebook_diversity_loss(out[2], N)
+        objective.backward()
+        assert x.grad is not None and log_probs.grad is not None
 
     # The reference, by contrast, keeps several N x G x K tensors.
     saved.clear()
@@ -140,6 +209,14 @@ def test_gradient_only_where_requested():
     log_probs = make_log_probs(20, 1, 64).requires_grad_()
     loss, _ = gumbel_rpq_cross_entropy(x, projection, codebook, log_probs, **KW)
     loss.sum().backward()
+    assert x.grad is None
+    assert torch.equal(log_probs.grad.sum(-1), -torch.ones(20, 1))
+    # prob_sums reaches x only: without x's gradient, it adds nothing.
+    log_probs.grad = None
+    loss, _, sums = gumbel_rpq_cross_entropy(
+        x, projection, codebook, log_probs, with_probs=True, **KW
+    )
+    (loss.sum() + codebook_diversity_loss(sums, 20)).backward()
     assert x.grad is None
     assert torch.equal(log_probs.grad.sum(-1), -torch.ones(20, 1))
 

@@ -62,3 +62,25 @@ def test_layer_analysis_errors_are_one_line(tmp_path, corpus, capsys):
     assert main(["--model", str(tmp_path), "--data", str(corpus)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("birq-labels: error:") and len(err.splitlines()) == 1
+
+
+def test_label_quality_sweep_runs_its_quick_budget_and_resumes(tmp_path):
+    import sys
+
+    from helpers import ROOT
+
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "label_quality.py"), "--budget", "quick",
+           "--variants", "bestrq,birq", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")]  # fmt: skip
+    proc = run(cmd, timeout=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    result = json.loads((tmp_path / "out" / "results.json").read_text())
+    by_variant = {r["variant"]: r for r in result["runs"]}
+    assert set(by_variant) == {"bestrq", "birq"} and by_variant["birq"]["step"] == 6
+    assert by_variant["bestrq"]["enhanced_pnmi"] is None  # BEST-RQ has no enhanced stream
+    assert 0 <= by_variant["birq"]["enhanced_pnmi"] <= 1
+    assert by_variant["birq"]["layers"]["layer_2"]["codes_used"] > 1
+    report = (tmp_path / "out" / "REPORT.md").read_text()
+    assert "| BiRQ, today's defaults" in report and (tmp_path / "out" / "pnmi.png").exists()
+    # A second call trains nothing: every run is finished.
+    again = run(cmd, timeout=300)
+    assert again.returncode == 0 and "pretraining" not in again.stderr

@@ -46,6 +46,29 @@ def test_kernels_compile_for_gpu_targets(kernel, cc, record_property):
 
 
 @pytest.mark.aot
+@pytest.mark.parametrize("cc", [80, 90])
+@pytest.mark.parametrize("kernel", ["gumbel_rpq_fwd", "gumbel_rpq_bwd"])
+def test_gumbel_kernels_with_probs_compile_for_gpu_targets(kernel, cc, record_property):
+    # The diversity term's configuration (WITH_PROBS): forward with its second pass and
+    # atomics, backward with the extra accumulator; no spills either.
+    from birq_kernels.aot import compile_kernel, kernel_source
+
+    info = compile_kernel(kernel, cc, lp_dtype="bf16", with_probs=True)
+    for key, value in info.as_dict().items():
+        record_property(key, value)
+    print(f"\n{info}")
+    assert info.target == f"sm_{cc}" and info.ptx_lines > 100
+    assert 0 < info.shared_bytes <= 99 * 1024
+    if info.registers is not None:
+        assert info.registers <= 255
+        assert info.spill_bytes == 0
+    # Without the flag its pointers are None constants, as the launcher passes them.
+    src = kernel_source(kernel)
+    optional = [k for k, v in src.signature.items() if k.startswith(("prob_", "grad_probs"))]
+    assert len(optional) == 2 and all(src.signature[k] == "constexpr" for k in optional)
+
+
+@pytest.mark.aot
 @pytest.mark.parametrize("kernel", ["gumbel_rpq_fwd", "gumbel_rpq_bwd"])
 def test_gumbel_kernels_compile_with_int_arguments_equal_to_one(kernel):
     # On a GPU, Triton turns an int argument equal to 1 into a constant (G = 1 is the
@@ -71,8 +94,17 @@ def test_kernel_specs_match_the_kernels():
     assert set(SPECS) == {"rpq_labels", "gumbel_rpq_fwd", "gumbel_rpq_bwd"}
     for spec in SPECS.values():
         assert {"BLOCK_N", "BLOCK_K", "BLOCK_D"} <= set(spec.constexprs)
+    assert set(SPECS["gumbel_rpq_fwd"].optional.values()) == {"WITH_PROBS"}
+    assert set(SPECS["gumbel_rpq_bwd"].optional.values()) == {"WITH_PROBS"}
     with pytest.raises(TypeError, match="update the spec"):
         KernelSpec("bad", _rpq_labels_kernel, {"z_ptr": "*fp32", **SHAPE_ARGS}, 64, 128)
+    spec = SPECS["rpq_labels"]
+    with pytest.raises(TypeError, match="optional argument"):
+        KernelSpec("bad", spec.kernel, spec.arg_types, 64, 128, optional={"z_ptr": "NOPE"})
+    # The launcher refuses a flag without its buffers (checked before any launch).
+    fwd = SPECS["gumbel_rpq_fwd"]
+    with pytest.raises(TypeError, match="exactly when WITH_PROBS is set"):
+        fwd.launch(*[None] * len(fwd.arg_types), NOISE=True, WITH_PROBS=True)
 
 
 @pytest.mark.gpu
@@ -206,6 +238,30 @@ def test_cuda_gumbel_matches_reference_and_chunked(shape, x_dtype, lp_dtype):
         # grad_x does not depend on the labels (only on pi and log_probs).
         torch.testing.assert_close(
             gx.float(), gx_r.float(), atol=x_tol * gx_r.abs().max().item(), rtol=x_tol * 10
+        )
+
+
+@pytest.mark.gpu
+@cuda
+def test_cuda_gumbel_prob_sums_and_diversity_gradients():
+    from birq_kernels import codebook_diversity_loss, gumbel_rpq_cross_entropy
+
+    N, D, G, d, K = 4097, 320, 2, 16, 8192
+    x, projection, codebook = _cuda_quantizer((N, D, G, d, K), torch.float32, seed=4)
+    log_probs = make_log_probs(N, G, K).cuda()
+    results = {}
+    for backend in ("chunked", "triton"):
+        xx, lp = x.clone().requires_grad_(), log_probs.clone().requires_grad_()
+        loss, labels, sums = gumbel_rpq_cross_entropy(
+            xx, projection, codebook, lp, with_probs=True, backend=backend, **CUDA_KW
+        )
+        div = codebook_diversity_loss(sums, N)
+        (gx_div,) = torch.autograd.grad(div, xx, retain_graph=True)
+        (loss.sum() + 0.3 * div).backward()
+        results[backend] = (sums.detach(), xx.grad, gx_div)
+    for got, expected in zip(results["triton"], results["chunked"], strict=True):
+        torch.testing.assert_close(
+            got, expected, atol=1e-4 * expected.abs().max().item(), rtol=1e-3
         )
 
 

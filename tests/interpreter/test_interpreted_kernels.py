@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from birq_kernels import (
+    codebook_diversity_loss,
     gumbel_rpq_cross_entropy,
     reference_gumbel_rpq_cross_entropy,
     reference_rpq_labels,
@@ -80,6 +81,34 @@ def test_gumbel_kernels_forward_and_backward(shape, noise, lp_dtype):
     tol = dict(atol=1e-6, rtol=1e-5) if lp_dtype == torch.float32 else dict(atol=1e-5, rtol=1e-2)
     torch.testing.assert_close(glp.float(), glp_r.float(), **tol)
     torch.testing.assert_close(gx, gx_r, atol=1e-5 * gx_r.abs().max().item(), rtol=1e-4)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_gumbel_kernels_with_probs(shape):
+    """prob_sums (atomics over programs and tiles) and the gradients of loss.sum() +
+    0.3 L_div, and of L_div alone, against autograd through the reference."""
+    N, D, G, d, K = shape
+    x, projection, codebook = make_quantizer(*shape, seed=K + 1)
+    log_probs = make_log_probs(N, G, K)
+    results = []
+    for fn, kw in (
+        (reference_gumbel_rpq_cross_entropy, {}),
+        (gumbel_rpq_cross_entropy, {"backend": "triton"}),
+    ):
+        xx = x.clone().requires_grad_()
+        lp = log_probs.clone().requires_grad_()
+        loss, labels, sums = fn(xx, projection, codebook, lp, with_probs=True, **KW, **kw)
+        div = codebook_diversity_loss(sums, N)
+        gx, glp = torch.autograd.grad(loss.sum() + 0.3 * div, (xx, lp), retain_graph=True)
+        (gx_div,) = torch.autograd.grad(div, xx)
+        results.append((loss.detach(), labels, sums.detach(), gx, glp, gx_div))
+    (loss_r, labels_r, sums_r, gx_r, glp_r, gxd_r), (loss, labels, sums, gx, glp, gxd) = results
+    assert torch.equal(labels, labels_r)
+    torch.testing.assert_close(loss, loss_r, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(sums, sums_r, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(glp, glp_r, atol=1e-6, rtol=1e-5)
+    for g, g_r in ((gx, gx_r), (gxd, gxd_r)):
+        torch.testing.assert_close(g, g_r, atol=1e-5 * g_r.abs().max().item(), rtol=1e-4)
 
 
 def test_gumbel_kernel_samples_follow_softmax():
