@@ -38,6 +38,8 @@ def _table(*metrics: Metric) -> dict[str, Metric]:
 LOSS = Metric("loss", "Loss", builtin=True)
 CTC_LOSS = Metric("ctc_loss", "CTC Loss", builtin=True)
 WER = Metric("wer", "Word Error Rate (WER)", builtin=True)
+DIVERSITY_LOSS = Metric("diversity_loss", "Diversity Loss", builtin=True)
+"""Recorded by the pretraining recipe when enhanced.diversity_weight > 0."""
 LEARNING_RATE = Metric("lr", "Learning Rate", builtin=True)
 
 PRETRAIN_METRICS = _table(
@@ -81,6 +83,7 @@ FINETUNE_METRICS = _table(
 
 ENHANCED_KEYS = (
     "enhanced_loss", "enhanced_accuracy", "enhanced_codes_used", "enhanced_perplexity", "label_nmi",
+    "diversity_loss",
 )  # fmt: skip
 """Pretraining metrics of the enhanced stream: recorded only while it is active."""
 

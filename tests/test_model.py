@@ -242,3 +242,23 @@ def test_instance_label_norm_excludes_padding_and_ignores_the_batch():
     out = model(x, layout, BirqStep(tau=1.0, seed=1))
     out.loss.backward()
     assert torch.isfinite(out.loss) and out.enhanced_labels.shape == (out.num_targets, 1)
+
+
+def test_diversity_weight_adds_the_codebook_diversity_loss():
+    x, layout = batch(7)
+    step = BirqStep(tau=1.0, seed=3)
+    grads = {}
+    outs = {}
+    for weight in (0.0, 0.5):
+        model = build(diversity_weight=weight)
+        torch.manual_seed(0)  # the same mask
+        outs[weight] = out = model(x, layout, step)
+        out.loss.backward()
+        grads[weight] = model.encoder.layers[0].self_attn.q_proj.weight.grad.clone()
+    a, b = outs[0.0], outs[0.5]
+    assert a.diversity_loss is None and 0.0 < b.diversity_loss.item() < 1.0
+    # Same labels and losses otherwise; the term enters per masked frame.
+    assert torch.equal(a.enhanced_labels, b.enhanced_labels)
+    torch.testing.assert_close(b.loss, a.loss + 0.5 * b.diversity_loss * b.num_targets)
+    # Its gradient reaches the label generator (block 1) through the code softmax.
+    assert not torch.allclose(grads[0.0], grads[0.5])

@@ -66,6 +66,10 @@ class EnhancedConfig(QuantizerConfig):
     (per frame, over channels, parameter-free LayerNorm) or "instance" (per utterance
     and channel, over its unpadded frames, as data2vec normalises its teacher's layers;
     a frame's label still does not depend on what it is batched with)."""
+    diversity_weight: float = 0.0
+    """Weight of wav2vec 2.0's codebook diversity loss on the enhanced quantizer (eq. 4:
+    (G K - sum_g exp(H(mean_n softmax(s_n,g)))) / (G K), noise-free code softmax), added
+    to the per-frame loss; 0: off. Pushes the label generator to use the whole codebook."""
     logit_scale: float = 0.1
     """Scale of the code similarities before the Gumbel softmax: softmax((s * scale + g) / tau)."""
     gumbel_noise: bool = True
@@ -112,6 +116,10 @@ class BirqConfig:
         if self.enhanced.label_input not in ("unmasked", "masked"):
             result.add_error(
                 f"`enhanced.label_input` must be 'unmasked' or 'masked', got {self.enhanced.label_input!r}."
+            )
+        if self.enhanced.diversity_weight < 0:
+            result.add_error(
+                f"`enhanced.diversity_weight` must be >= 0, got {self.enhanced.diversity_weight}."
             )
         if self.enhanced.label_norm not in ("layer", "instance"):
             result.add_error(

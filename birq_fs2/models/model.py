@@ -10,7 +10,9 @@ fbank_stride = 4 of them into one 40 ms encoder frame, see birq_fs2.frames):
     [enhanced] u -> frontend -> blocks 1..label_layer (unmasked) -> h_k
                h_k[masked] -> LayerNorm -> enhanced quantizer, straight-through
                Gumbel labels fused with the enhanced head's cross-entropy   (L_enh)
-    loss = w * L_enh + gamma * L_anc   (before refine start: L_anc alone; w ramps 0 -> 1)
+    [diversity] L_div: wav2vec 2.0's codebook diversity of the enhanced quantizer
+    loss = w * L_enh + gamma * L_anc + lambda * L_div  (before refine start: L_anc alone;
+           w ramps 0 -> 1; lambda = enhanced.diversity_weight, per masked frame)
 
 A stacked frame is an encoder frame, so "masked encoder frame" is exact: it is a frame
 whose fbank_stride input fbank frames were all replaced with noise.
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from birq_kernels import gumbel_rpq_cross_entropy, rpq_labels
+from birq_kernels import codebook_diversity_loss, gumbel_rpq_cross_entropy, rpq_labels
 from fairseq2.models.transformer import AttentionBiasCache, TransformerEncoder
 from fairseq2.models.wav2vec2 import Wav2Vec2Frontend
 from fairseq2.nn import BatchLayout
@@ -140,6 +142,8 @@ class BirqOutput:
     enhanced_labels: Tensor | None
     num_frames: int
     """Unpadded encoder frames in the batch (mask rate = num_targets / num_frames)."""
+    diversity_loss: Tensor | None = None
+    """The batch's codebook diversity loss (a mean, not a sum); None when off."""
 
 
 class BirqModel(Module):
@@ -256,7 +260,7 @@ class BirqModel(Module):
             anchor_lp.argmax(-1) == anchor_labels
         ).float().sum() / anchor_q.num_codebooks
 
-        enhanced_loss = enhanced_labels = enhanced_correct = None
+        enhanced_loss = enhanced_labels = enhanced_correct = diversity_loss = None
         loss = anchor_loss
         if enhanced:
             assert self.enhanced_head is not None and self.enhanced_quantizer is not None
@@ -272,21 +276,27 @@ class BirqModel(Module):
                 label_input = label_input.detach()
             enh_q = self.enhanced_quantizer
             enhanced_lp = self._log_probs(self.enhanced_head, hidden_masked, enh_q)
-            per_frame, enhanced_labels = gumbel_rpq_cross_entropy(
+            with_probs = cfg.diversity_weight > 0
+            per_frame, enhanced_labels, *prob_sums = gumbel_rpq_cross_entropy(
                 label_input, enh_q.projection, enh_q.codebook, enhanced_lp,
                 tau=step.tau, logit_scale=cfg.logit_scale, seed=step.seed,
-                noise=cfg.gumbel_noise, check_codebook_norm=False,
+                noise=cfg.gumbel_noise, with_probs=with_probs, check_codebook_norm=False,
             )  # fmt: skip
             enhanced_loss = per_frame.sum() / enh_q.num_codebooks
             enhanced_correct = (
                 enhanced_lp.argmax(-1) == enhanced_labels
             ).float().sum() / enh_q.num_codebooks
             loss = step.enhanced_weight * enhanced_loss + step.gamma * anchor_loss
+            if with_probs:
+                diversity_loss = codebook_diversity_loss(prob_sums[0], num_targets)
+                # The loss is summed over masked frames (the trainer divides by their
+                # count): the batch-level term enters per frame.
+                loss = loss + cfg.diversity_weight * diversity_loss * num_targets
 
         return BirqOutput(
             loss=loss, anchor_loss=anchor_loss, enhanced_loss=enhanced_loss, num_targets=num_targets,
             anchor_correct=anchor_correct, enhanced_correct=enhanced_correct,
-            anchor_labels=anchor_labels, enhanced_labels=enhanced_labels,
+            anchor_labels=anchor_labels, enhanced_labels=enhanced_labels, diversity_loss=diversity_loss,
             num_frames=int(sum(layout.seq_lens)) if layout.padded else math.prod(stacked.shape[:2]),
         )  # fmt: skip
 

@@ -196,6 +196,8 @@ def _update_metrics(
             out.anchor_labels[:, 0].cpu(), out.enhanced_labels[:, 0].cpu()
         )
         bag.get("label_nmi", Mean).update(torch.tensor(nmi), weight=n)
+    if out.diversity_loss is not None:
+        bag.get("diversity_loss", Mean).update(out.diversity_loss.detach(), weight=n)
     bag.get("mask_rate", Mean).update(
         torch.tensor(n / max(out.num_frames, 1)), weight=out.num_frames
     )
