@@ -34,6 +34,10 @@ def test_kernels_compile_for_gpu_targets(kernel, cc, record_property):
     from birq_kernels.aot import compile_kernel
 
     info = compile_kernel(kernel, cc, lp_dtype="bf16" if kernel == "gumbel_rpq_bwd" else "fp32")
+    _check_compiled(info, cc, record_property)
+
+
+def _check_compiled(info, cc, record_property) -> None:
     for key, value in info.as_dict().items():
         record_property(key, value)
     print(f"\n{info}")
@@ -54,14 +58,7 @@ def test_gumbel_kernels_with_probs_compile_for_gpu_targets(kernel, cc, record_pr
     from birq_kernels.aot import compile_kernel, kernel_source
 
     info = compile_kernel(kernel, cc, lp_dtype="bf16", with_probs=True)
-    for key, value in info.as_dict().items():
-        record_property(key, value)
-    print(f"\n{info}")
-    assert info.target == f"sm_{cc}" and info.ptx_lines > 100
-    assert 0 < info.shared_bytes <= 99 * 1024
-    if info.registers is not None:
-        assert info.registers <= 255
-        assert info.spill_bytes == 0
+    _check_compiled(info, cc, record_property)
     # Without the flag its pointers are None constants, as the launcher passes them.
     src = kernel_source(kernel)
     optional = [k for k, v in src.signature.items() if k.startswith(("prob_", "grad_probs"))]
