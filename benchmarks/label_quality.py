@@ -208,6 +208,17 @@ def write_report(
             f"| {_fmt(r['enhanced_perplexity'], '.1f')} | {_fmt(r['anchor_perplexity'], '.1f')} "
             f"| {_fmt(r['perplexity_ratio'], '.2f')} | {best} |"
         )
+    lines += ["", *_reading(rows), ""]
+    lines += ["## Every layer of the final encoders (birq-labels, dev)", "",
+              "PNMI of the RPQ labels of each conformer block's output (chance level in "
+              "parentheses); `anchor` is the input's.", "",
+              "| variant | seed | anchor | " + " | ".join(f"block {i}" for i in _layers(rows)) + " |",
+              "|---|---|---|" + "---|" * len(_layers(rows))]  # fmt: skip
+    for r in rows:
+        if not r["layers"]:
+            continue
+        cells = [f"{q['pnmi']:.3f} ({q['chance_pnmi']:.3f})" for q in r["layers"].values()]
+        lines.append(f"| {r['variant']} | {r['seed']} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "![PNMI against step](pnmi.png)",
@@ -218,6 +229,58 @@ def write_report(
     lines += ["## Commands", "", "```bash",
               f"python benchmarks/label_quality.py --budget {budget_name}", "```", ""]  # fmt: skip
     (out / "REPORT.md").write_text("\n".join(lines))
+
+
+def _layers(rows: list[dict]) -> list[int]:
+    for r in rows:
+        if r["layers"]:
+            return [int(k.split("_")[1]) for k in r["layers"] if k.startswith("layer_")]
+    return []
+
+
+COLLAPSE_RATIO = 0.05
+
+
+def select_default(rows: list[dict]) -> dict | None:
+    """The issue's rule: among the BiRQ variants whose enhanced perplexity stays at least
+    COLLAPSE_RATIO of the anchor's, the one whose enhanced labels end with the highest
+    PNMI (mean over seeds); None when every variant collapsed."""
+    by_variant: dict[str, list[dict]] = {}
+    for r in rows:
+        if r["enhanced_pnmi"] is not None:
+            by_variant.setdefault(r["variant"], []).append(r)
+    healthy = {
+        v: rs for v, rs in by_variant.items()
+        if all((r["perplexity_ratio"] or 0) >= COLLAPSE_RATIO for r in rs)
+    }  # fmt: skip
+    if not healthy:
+        return None
+    mean = {v: sum(r["enhanced_pnmi"] for r in rs) / len(rs) for v, rs in healthy.items()}
+    best = max(mean, key=mean.get)
+    return {"variant": best, "enhanced_pnmi": mean[best], "runs": len(healthy[best])}
+
+
+def _reading(rows: list[dict]) -> list[str]:
+    birq = [r for r in rows if r["enhanced_pnmi"] is not None]
+    if not birq:
+        return []
+    collapsed = [r for r in birq if (r["perplexity_ratio"] or 0) < COLLAPSE_RATIO]
+    anchor = max((r["anchor_pnmi"] or 0) for r in rows)
+    best = select_default(rows)
+    text = (
+        f"**Reading.** {len(collapsed)} of {len(birq)} BiRQ runs collapsed (enhanced code "
+        f"perplexity below {COLLAPSE_RATIO} of the anchor's at the end). "
+    )
+    if best is None:
+        text += "No variant kept its enhanced labels alive: the defaults stay as they were."
+    else:
+        beats = best["enhanced_pnmi"] > anchor
+        text += (
+            f"By the rule (highest final enhanced PNMI among the runs that did not collapse) "
+            f"the best variant is `{best['variant']}` with PNMI {best['enhanced_pnmi']:.3f}, "
+            f"{'above' if beats else 'below'} the anchor labels' {anchor:.3f}."
+        )
+    return [text]
 
 
 def _plots(rows: list[dict], out: Path) -> None:
