@@ -54,18 +54,22 @@ BUDGETS = {
 ENH = "model.config_overrides.enhanced"
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "bestrq": ("BEST-RQ (no enhanced stream)", ["model.arch=bestrq_tiny"]),
-    "birq": ("BiRQ, today's defaults (label_grad st, layer norm)", []),
-    "stop": ("label_grad: stop", [f"{ENH}.label_grad=stop"]),
-    "instance": ("label_norm: instance", [f"{ENH}.label_norm=instance"]),
+    # Spelled out, so that the sweep keeps meaning the same runs when defaults change.
+    "birq": (
+        "BiRQ as first built (label_grad st, label_norm layer)",
+        [f"{ENH}.label_grad=st", f"{ENH}.label_norm=layer"],
+    ),
+    "stop": ("label_grad: stop", [f"{ENH}.label_grad=stop", f"{ENH}.label_norm=layer"]),
+    "instance": ("label_norm: instance", [f"{ENH}.label_grad=st", f"{ENH}.label_norm=instance"]),
     "warmup": (
         "enhanced-loss warm-up over 25 % of the steps",
         ["schedule.enhanced_warmup_steps={quarter}"],
     ),
-    "masked": ("label_input: masked", [f"{ENH}.label_input=masked"]),
-    "diversity": ("diversity_weight 0.1", [f"{ENH}.diversity_weight=0.1"]),
+    "masked": ("label_input: masked", [f"{ENH}.label_input=masked", f"{ENH}.label_grad=st"]),
+    "diversity": ("diversity_weight 0.1", [f"{ENH}.diversity_weight=0.1", f"{ENH}.label_grad=st"]),
     "instance_diversity": (
         "label_norm: instance + diversity_weight 0.1",
-        [f"{ENH}.label_norm=instance", f"{ENH}.diversity_weight=0.1"],
+        [f"{ENH}.label_norm=instance", f"{ENH}.diversity_weight=0.1", f"{ENH}.label_grad=st"],
     ),
 }
 
@@ -226,8 +230,10 @@ def write_report(
         "![perplexity against step](perplexity.png)",
         "",
     ]
-    lines += ["## Commands", "", "```bash",
-              f"python benchmarks/label_quality.py --budget {budget_name}", "```", ""]  # fmt: skip
+    command = " ".join(["python benchmarks/label_quality.py", *sys.argv[1:]])
+    lines += ["## Commands", "", "```bash", command, "```", "",
+              "Wall-clock seconds per run (2 cores): "
+              + ", ".join(f"{k} {v:.0f}" for k, v in sorted(walls.items())), ""]  # fmt: skip
     (out / "REPORT.md").write_text("\n".join(lines))
 
 
@@ -280,6 +286,17 @@ def _reading(rows: list[dict]) -> list[str]:
             f"the best variant is `{best['variant']}` with PNMI {best['enhanced_pnmi']:.3f}, "
             f"{'above' if beats else 'below'} the anchor labels' {anchor:.3f}."
         )
+    hidden = [
+        r["variant"] for r in birq
+        if r not in collapsed and r["layers"] and r["label_layer"]
+        and r["layers"][f"layer_{r['label_layer']}"]["codes_used"] <= 2
+    ]  # fmt: skip
+    if hidden:
+        text += (
+            f" Beware the sampled perplexity: {', '.join(hidden)} kept it above the threshold "
+            "only through the Gumbel noise; its noise-free labels use at most 2 codes (layer "
+            "table below)."
+        )
     return [text]
 
 
@@ -304,7 +321,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--budget", choices=sorted(BUDGETS), default="full")
     parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--seeds", default="0", help="seeds of every variant")
+    parser.add_argument("--finalists", default="", help="variants that get --finalist-seeds too")
+    parser.add_argument("--finalist-seeds", default="", help="extra seeds of the finalists")
     parser.add_argument(
         "--work", type=Path, help="runs and corpus (default: label-quality-<budget>/)"
     )
@@ -319,20 +338,25 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
     seeds = [int(s) for s in args.seeds.split(",")]
+    finalists = [v for v in args.finalists.split(",") if v]
+    extra_seeds = [int(s) for s in args.finalist_seeds.split(",") if s]
+    if any(v not in variants for v in finalists):
+        parser.error("--finalists must be among --variants")
+    plan = [(v, seed) for seed in seeds for v in variants]
+    plan += [(v, seed) for seed in extra_seeds for v in finalists if (v, seed) not in plan]
     corpus = ensure_corpus(work, budget)
     previous = args.out / "results.json"
     walls = json.loads(previous.read_text()).get("wall_s", {}) if previous.exists() else {}
     rows = []
-    for seed in seeds:
-        for variant in variants:
-            run = run_dir(work, variant, seed)
-            if not finished(run, budget.steps):
-                print(f"label_quality: pretraining {run.name} ...", file=sys.stderr, flush=True)
-                walls[run.name] = round(pretrain(corpus, run, variant, seed, budget), 1)
-            layers = analyse(run, corpus, budget)
-            rows.append(summarize(run, variant, seed, layers))
-            write_report(rows, args.out, args.budget, budget, walls)  # after every run
-            print(f"label_quality: {run.name} done", file=sys.stderr, flush=True)
+    for variant, seed in plan:
+        run = run_dir(work, variant, seed)
+        if not finished(run, budget.steps):
+            print(f"label_quality: pretraining {run.name} ...", file=sys.stderr, flush=True)
+            walls[run.name] = round(pretrain(corpus, run, variant, seed, budget), 1)
+        layers = analyse(run, corpus, budget)
+        rows.append(summarize(run, variant, seed, layers))
+        write_report(rows, args.out, args.budget, budget, walls)  # after every run
+        print(f"label_quality: {run.name} done", file=sys.stderr, flush=True)
     print(args.out / "REPORT.md")
     return 0
 

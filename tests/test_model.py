@@ -185,6 +185,7 @@ def test_masker_rate_padding_and_short_utterances():
         (lambda c: setattr(c.encoder_config, "feature_dim", 300), "encoder_config.feature_dim"),
         (lambda c: setattr(c.enhanced, "label_grad", "straight"), "enhanced.label_grad"),
         (lambda c: setattr(c.enhanced, "label_norm", "batch"), "enhanced.label_norm"),
+        (lambda c: setattr(c.enhanced, "diversity_weight", 0.1), "enhanced.diversity_weight"),
         (lambda c: setattr(c.masking, "start_prob", 1.5), "masking.start_prob"),
     ],
 )
@@ -250,7 +251,7 @@ def test_diversity_weight_adds_the_codebook_diversity_loss():
     grads = {}
     outs = {}
     for weight in (0.0, 0.5):
-        model = build(diversity_weight=weight)
+        model = build(diversity_weight=weight, label_grad="st")
         torch.manual_seed(0)  # the same mask
         outs[weight] = out = model(x, layout, step)
         out.loss.backward()

@@ -59,8 +59,14 @@ class EnhancedConfig(QuantizerConfig):
     label_input: Literal["unmasked", "masked"] = "unmasked"
     """"unmasked": a second partial forward on the clean input (default); "masked":
     reuse the masked forward (cheaper, worse)."""
-    label_grad: Literal["st", "stop"] = "st"
-    """"st": straight-through Gumbel gradient into blocks 1..label_layer; "stop": detach."""
+    label_grad: Literal["st", "stop"] = "stop"
+    """"stop": the label generator (blocks 1..label_layer on the clean input) gets no
+    gradient from the enhanced loss; "st": the straight-through Gumbel gradient reaches
+    it (BiRQ's end-to-end label training). The default is chosen by measurement
+    (benchmarks/results/label_quality): with "st" the enhanced labels collapse within
+    tens of steps after refine start (noise-free: one code, PNMI 0 on the dev
+    speakers), with "stop" they keep a code perplexity above the anchor's and the
+    highest PNMI of every variant tried."""
     label_norm: Literal["layer", "instance"] = "layer"
     """How the label layer's output is normalised before the random projection: "layer"
     (per frame, over channels, parameter-free LayerNorm) or "instance" (per utterance
@@ -120,6 +126,12 @@ class BirqConfig:
         if self.enhanced.diversity_weight < 0:
             result.add_error(
                 f"`enhanced.diversity_weight` must be >= 0, got {self.enhanced.diversity_weight}."
+            )
+        if self.enhanced.diversity_weight > 0 and self.enhanced.label_grad == "stop":
+            # Its only gradient flows into the label generator, which "stop" detaches.
+            result.add_error(
+                "`enhanced.diversity_weight` > 0 has no effect with `enhanced.label_grad: stop`; "
+                "set label_grad: st as well, or diversity_weight: 0."
             )
         if self.enhanced.label_norm not in ("layer", "instance"):
             result.add_error(
