@@ -178,8 +178,15 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(
         json.dumps(
-            {"budget": budget_name, **budget.__dict__, "runs": rows, "wall_s": walls}, indent=2
-        )
+            {
+                "budget": budget_name,
+                **budget.__dict__,
+                "runs": rows,
+                "wall_s": walls,
+                "selected": select_default(rows),
+            },
+            indent=2,
+        )  # fmt: skip
         + "\n"
     )
     _plots(rows, out)
