@@ -80,7 +80,11 @@ def test_label_quality_sweep_runs_its_quick_budget_and_resumes(tmp_path):
     assert 0 <= by_variant["birq"]["enhanced_pnmi"] <= 1
     assert by_variant["birq"]["layers"]["layer_2"]["codes_used"] > 1
     report = (tmp_path / "out" / "REPORT.md").read_text()
-    assert "| BiRQ, today's defaults" in report and (tmp_path / "out" / "pnmi.png").exists()
+    assert (
+        "| BiRQ as first built" in report
+        and "**Reading.**" in report
+        and (tmp_path / "out" / "pnmi.png").exists()
+    )
     # A second call trains nothing: every run is finished.
     again = run(cmd, timeout=300)
     assert again.returncode == 0 and "pretraining" not in again.stderr
