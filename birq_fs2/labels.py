@@ -26,9 +26,9 @@ from birq_kernels import rpq_labels
 from fairseq2.nn import BatchLayout
 from torch import Tensor
 
-from birq_fs2.data.alignments import PhoneSegment, frame_phones, read_alignments
+from birq_fs2.data.alignments import alignment_files_next_to, frame_phones, load_alignments
 from birq_fs2.data.audio import AudioError, AudioLoader, FbankExtractor, utterance_seed
-from birq_fs2.data.corpus import CorpusError, Utterance, load_split
+from birq_fs2.data.corpus import CorpusError, load_split
 from birq_fs2.label_quality import LabelQuality, label_quality
 from birq_fs2.models.model import BirqModel, RandomProjectionQuantizer
 from birq_fs2.models.source import ModelSourceError, resolve_model
@@ -70,16 +70,6 @@ def frame_label_streams(
     return streams
 
 
-def utterance_alignments(utterances: Sequence[Utterance]) -> dict[str, list[PhoneSegment]]:
-    """The phone segments of the utterances that have them: a chapter's
-    ``<spk>-<chapter>.phones.txt`` lies next to its audio (LibriSpeech layout)."""
-    found: dict[str, list[PhoneSegment]] = {}
-    for chapter in sorted({u.path.parent for u in utterances}):
-        for f in sorted(chapter.glob("*.phones.txt")):
-            found.update(read_alignments(f))
-    return found
-
-
 def analyse(
     model_spec: str,
     data: Path,
@@ -95,7 +85,7 @@ def analyse(
             f"{model_spec}: a '{source.family}' model; the layer analysis needs a birq encoder."
         )
     utterances = load_split(data, split)
-    alignments = utterance_alignments(utterances)
+    alignments = load_alignments(alignment_files_next_to(u.path for u in utterances))
     aligned = [u for u in utterances if u.id in alignments][:max_utterances]
     if not aligned:
         raise CorpusError(

@@ -159,17 +159,29 @@ def find_alignment_files(split_dir: str | Path) -> list[Path]:
     return sorted(Path(split_dir).glob(f"*/*/*{ALIGNMENT_SUFFIX}"))
 
 
-def load_split_alignments(split_dir: str | Path) -> dict[str, list[PhoneSegment]]:
-    """All alignments of a subset; AlignmentError on a bad file or an id in two files."""
+def alignment_files_next_to(audio_files: Iterable[str | Path]) -> list[Path]:
+    """The ``*.phones.txt`` in the folders of `audio_files` (a chapter's file lies next
+    to its audio), sorted."""
+    folders = {Path(f).parent for f in audio_files}
+    return sorted(f for d in folders for f in d.glob(f"*{ALIGNMENT_SUFFIX}"))
+
+
+def load_alignments(files: Iterable[str | Path]) -> dict[str, list[PhoneSegment]]:
+    """All alignments of `files`; AlignmentError on a bad file or an id in two files."""
     out: dict[str, list[PhoneSegment]] = {}
     where: dict[str, Path] = {}
-    for f in find_alignment_files(split_dir):
+    for f in map(Path, files):
         for lineno, (utt_id, segments) in enumerate(read_alignments(f).items(), 1):
             if utt_id in out:
                 raise AlignmentError(f, lineno, f"{utt_id}: also aligned in {where[utt_id]}")
             out[utt_id] = segments
             where[utt_id] = f
     return out
+
+
+def load_split_alignments(split_dir: str | Path) -> dict[str, list[PhoneSegment]]:
+    """All alignments of a subset; AlignmentError on a bad file or an id in two files."""
+    return load_alignments(find_alignment_files(split_dir))
 
 
 def frame_phones(

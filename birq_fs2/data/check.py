@@ -10,7 +10,13 @@ import soundfile
 
 from birq_fs2.frames import SAMPLE_RATE, num_fbank_frames
 
-from .alignments import ALIGNMENT_SUFFIX, END_TOLERANCE, AlignmentError, parse_line
+from .alignments import (
+    END_TOLERANCE,
+    AlignmentError,
+    alignment_files_next_to,
+    find_alignment_files,
+    parse_line,
+)
 from .audio import AudioError, AudioLoader
 from .corpus import AUDIO_SUFFIXES, Utterance
 
@@ -94,9 +100,9 @@ def check_utterances(
 def alignment_files(utterances: Iterable[Utterance], subset_dir: Path | None = None) -> list[Path]:
     """The ``*.phones.txt`` next to the utterances' audio, and under `subset_dir`
     (``<spk>/<chapter>/``) when it is a LibriSpeech subset; sorted."""
-    files = {f for d in {u.path.parent for u in utterances} for f in d.glob(f"*{ALIGNMENT_SUFFIX}")}
+    files = set(alignment_files_next_to(u.path for u in utterances))
     if subset_dir is not None:
-        files.update(Path(subset_dir).glob(f"*/*/*{ALIGNMENT_SUFFIX}"))
+        files.update(find_alignment_files(subset_dir))
     return sorted(files)
 
 

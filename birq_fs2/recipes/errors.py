@@ -10,6 +10,7 @@ from fairseq2.runtime.dependency import DependencyContainer
 from torch.nn import Module
 
 from birq_fs2.checkpoints import CheckpointError
+from birq_fs2.data.alignments import AlignmentError
 from birq_fs2.data.corpus import CorpusError
 from birq_fs2.models.asr import EncoderTransferError
 from birq_fs2.models.source import ModelSourceError
@@ -39,6 +40,7 @@ def register_birq_cli_errors(container: DependencyContainer) -> None:
         CorpusError,
         ModelSourceError,
         CheckpointError,
+        AlignmentError,
         EncoderTransferError,
         RunSetupError,
     ):

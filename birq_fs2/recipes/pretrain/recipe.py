@@ -21,12 +21,17 @@ from torch import Tensor
 from torch.nn import Module
 from typing_extensions import override
 
-from birq_fs2.data.alignments import PhoneSegment, frame_phones
+from birq_fs2.data.alignments import (
+    PhoneSegment,
+    alignment_files_next_to,
+    frame_phones,
+    load_alignments,
+)
 from birq_fs2.data.dataset import SpeechDataset
 from birq_fs2.data.pipeline import DataStats
 from birq_fs2.frames import SAMPLE_RATE, num_fbank_frames
 from birq_fs2.label_quality import label_quality
-from birq_fs2.labels import frame_label_streams, utterance_alignments
+from birq_fs2.labels import frame_label_streams
 from birq_fs2.metrics import (
     ENHANCED_KEYS,
     LABEL_QUALITY_METRICS,
@@ -79,7 +84,8 @@ class BirqPretrainRecipe(Recipe):
         unit = BirqTrainUnit(dp_model, model, schedule, stats)
         valid_units, valid_readers = [], []
         if ds.valid_split is not None:
-            alignments = utterance_alignments(dataset.utterances(ds.valid_split))
+            valid_audio = (u.path for u in dataset.utterances(ds.valid_split))
+            alignments = load_alignments(alignment_files_next_to(valid_audio))
             if alignments:
                 log.info(
                     "birq: {} validation utterances have phone alignments: label quality (PNMI, "
