@@ -19,6 +19,7 @@ against.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -87,3 +88,15 @@ def label_quality(labels: Tensor, phones: Tensor, *, seed: int = 0) -> LabelQual
         num_frames=int(labels.numel()),
         chance_pnmi=chance,
     )
+
+
+def stream_quality(
+    streams: Mapping[str, Sequence[Tensor]], phones: Sequence[str]
+) -> dict[str, LabelQuality]:
+    """`label_quality` of several label streams of the same frames: each stream's parts
+    (one (S_i,) tensor per utterance) concatenated, against the frames' phone names."""
+    ids = {p: i for i, p in enumerate(sorted(set(phones)))}
+    phone_ids = torch.tensor([ids[p] for p in phones])
+    return {
+        name: label_quality(torch.cat(list(parts)), phone_ids) for name, parts in streams.items()
+    }

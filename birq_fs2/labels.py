@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from birq_kernels import rpq_labels
 from fairseq2.nn import BatchLayout
 from torch import Tensor
@@ -29,7 +28,7 @@ from torch import Tensor
 from birq_fs2.data.alignments import alignment_files_next_to, frame_phones, load_alignments
 from birq_fs2.data.audio import AudioError, AudioLoader, FbankExtractor, utterance_seed
 from birq_fs2.data.corpus import CorpusError, load_split
-from birq_fs2.label_quality import LabelQuality, label_quality
+from birq_fs2.label_quality import stream_quality
 from birq_fs2.models.model import BirqModel, RandomProjectionQuantizer
 from birq_fs2.models.source import ModelSourceError, resolve_model
 
@@ -51,23 +50,25 @@ def layer_quantizer(model: BirqModel) -> RandomProjectionQuantizer:
 @torch.no_grad()
 def frame_label_streams(
     model: BirqModel,
-    fbank: Tensor,
+    seqs: Tensor,
+    layout: BatchLayout,
     layers: Sequence[int],
     quantizer: RandomProjectionQuantizer | None = None,
-) -> dict[str, Tensor]:
-    """Labels of every encoder frame of one (T, C) utterance: ``anchor`` and one stream
-    per conformer block in `layers` (1-based), each (S,)."""
-    seqs = fbank[None]
-    stacked, layout = model.stack(seqs, BatchLayout(seqs.shape[:2], seq_lens=[seqs.shape[1]]))
-    anchor_input = F.layer_norm(stacked[0].float(), (stacked.shape[-1],))  # as in forward
-    streams = {"anchor": _quantize(anchor_input, model.anchor_quantizer)}
+) -> list[dict[str, Tensor]]:
+    """Labels of every encoder frame of a batch of (N, T, C) fbank features, one dict per
+    utterance: ``anchor`` and ``layer_<k>`` for each conformer block k in `layers`
+    (1-based), each (S_i,) for the utterance's S_i unpadded encoder frames."""
+    stacked, out_layout = model.stack(seqs, layout)
+    N, S, _ = stacked.shape
+    lens = [int(n) for n in out_layout.seq_lens] if out_layout.padded else [S] * N
+    streams = {"anchor": model.anchor_labels(stacked.flatten(0, 1))[:, 0].view(N, S)}
     if layers:
-        _, captured = model.run_encoder(stacked, layout, upto=max(layers), capture=layers)
+        _, captured = model.run_encoder(stacked, out_layout, upto=max(layers), capture=layers)
         q = quantizer if quantizer is not None else layer_quantizer(model)
         for layer in layers:
-            normed = model.normalize_label_input(captured[layer], layout)[0]
-            streams[f"layer_{layer}"] = _quantize(normed, q)
-    return streams
+            normed = model.normalize_label_input(captured[layer], out_layout)
+            streams[f"layer_{layer}"] = _quantize(normed.flatten(0, 1), q).view(N, S)
+    return [{name: labels[i, :n] for name, labels in streams.items()} for i, n in enumerate(lens)]
 
 
 def analyse(
@@ -105,24 +106,20 @@ def analyse(
         except AudioError as ex:
             skipped.append(str(ex))
             continue
-        fbank = extractor(waveform, utterance_seed(0, "labels", "dither"))
-        streams = frame_label_streams(model, fbank, layers, quantizer)
-        num_frames = streams["anchor"].shape[0]
-        phones += frame_phones(alignments[u.id], frame_seconds, num_frames)
+        fbank = extractor(waveform, utterance_seed(0, "labels", "dither"))[None]
+        layout = BatchLayout(fbank.shape[:2], seq_lens=[fbank.shape[1]])
+        (streams,) = frame_label_streams(model, fbank, layout, layers, quantizer)
+        phones += frame_phones(alignments[u.id], frame_seconds, streams["anchor"].shape[0])
         for name, stream in streams.items():
             labels.setdefault(name, []).append(stream)
-    phone_ids = {p: i for i, p in enumerate(sorted(set(phones)))}
-    phone_tensor = torch.tensor([phone_ids[p] for p in phones])
-    quality: dict[str, LabelQuality] = {
-        name: label_quality(torch.cat(parts), phone_tensor) for name, parts in labels.items()
-    }
+    quality = stream_quality(labels, phones)
     result = {
         "model": model_spec,
         "data": str(data),
         "split": split,
         "utterances": len(aligned) - len(skipped),
-        "frames": int(phone_tensor.numel()),
-        "phones": len(phone_ids),
+        "frames": len(phones),
+        "phones": len(set(phones)),
         "label_layer": model.label_layer if model.has_enhanced else None,
         "codebook_size": quantizer.codebook_size,
         "streams": {name: q.to_dict() for name, q in quality.items()},

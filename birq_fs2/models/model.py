@@ -205,6 +205,13 @@ class BirqModel(Module):
             seqs = self.encoder.layer_norm(seqs)
         return seqs, captured
 
+    def anchor_labels(self, stacked_frames: Tensor) -> Tensor:
+        """BEST-RQ's labels of (M, feature_dim) stacked input frames: the anchor quantizer
+        on the parameter-free per-frame LayerNorm; (M, G_a)."""
+        q = self.anchor_quantizer
+        normed = F.layer_norm(stacked_frames.float(), (stacked_frames.shape[-1],))
+        return rpq_labels(normed, q.projection, q.codebook, check_codebook_norm=False)
+
     def normalize_label_input(self, hidden: Tensor, layout: BatchLayout) -> Tensor:
         """(N, S, D) label-layer output -> the normalised input of the enhanced quantizer
         (fp32), as `enhanced.label_norm` says. Padding never enters the statistics."""
@@ -250,10 +257,7 @@ class BirqModel(Module):
 
         # Anchor labels: the BEST-RQ quantizer on the parameter-free normalised input.
         anchor_q = self.anchor_quantizer
-        anchor_input = F.layer_norm(stacked[mask].float(), (stacked.shape[-1],))
-        anchor_labels = rpq_labels(
-            anchor_input, anchor_q.projection, anchor_q.codebook, check_codebook_norm=False
-        )
+        anchor_labels = self.anchor_labels(stacked[mask])
         anchor_lp = self._log_probs(self.anchor_head, hidden_masked, anchor_q)
         anchor_loss = -anchor_lp.gather(2, anchor_labels[..., None]).sum() / anchor_q.num_codebooks
         anchor_correct = (

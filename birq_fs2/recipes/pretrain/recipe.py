@@ -13,6 +13,7 @@ from fairseq2.datasets import SequenceBatch
 from fairseq2.evaluator import EvalUnit
 from fairseq2.logging import log
 from fairseq2.metrics import Mean, MetricBag, Sum
+from fairseq2.nn import BatchLayout
 from fairseq2.recipe.base import Recipe, RecipeContext
 from fairseq2.runtime.dependency import DependencyContainer
 from fairseq2.task import Task
@@ -30,7 +31,7 @@ from birq_fs2.data.alignments import (
 from birq_fs2.data.dataset import SpeechDataset
 from birq_fs2.data.pipeline import DataStats
 from birq_fs2.frames import SAMPLE_RATE, num_fbank_frames
-from birq_fs2.label_quality import label_quality
+from birq_fs2.label_quality import stream_quality
 from birq_fs2.labels import frame_label_streams
 from birq_fs2.metrics import (
     ENHANCED_KEYS,
@@ -330,17 +331,21 @@ class BirqEvalUnit(EvalUnit[SequenceBatch]):
     def _collect_frame_labels(self, batch: SequenceBatch) -> None:
         seqs, layout = batch.as_input()
         lens = layout.seq_lens if layout.padded else [seqs.shape[1]] * seqs.shape[0]
+        # A cropped utterance no longer starts at the alignment's time 0: left out.
+        keep = [
+            i for i, utt_id in enumerate(batch.example["ids"])
+            if (segments := self._alignments.get(utt_id)) is not None
+            and int(lens[i]) == num_fbank_frames(round(segments[-1].end * SAMPLE_RATE))
+        ]  # fmt: skip
+        if not keep:
+            return
         model = self._model
         layers = [model.label_layer] if model.has_enhanced else []
         frame_seconds = model.config.frame_ms / 1000
-        for i, utt_id in enumerate(batch.example["ids"]):
-            segments = self._alignments.get(utt_id)
-            # A cropped utterance no longer starts at the alignment's time 0: left out.
-            if segments is None or int(lens[i]) != num_fbank_frames(
-                round(segments[-1].end * SAMPLE_RATE)
-            ):
-                continue
-            streams = frame_label_streams(model, seqs[i, : int(lens[i])], layers)
+        kept_layout = BatchLayout((len(keep), seqs.shape[1]), seq_lens=[int(lens[i]) for i in keep])
+        per_utterance = frame_label_streams(model, seqs[keep], kept_layout, layers)
+        for i, streams in zip(keep, per_utterance, strict=True):
+            segments = self._alignments[batch.example["ids"][i]]
             self._frame_phones += frame_phones(segments, frame_seconds, streams["anchor"].shape[0])
             self._frame_labels.setdefault("anchor", []).append(streams["anchor"])
             if layers:
@@ -351,10 +356,7 @@ class BirqEvalUnit(EvalUnit[SequenceBatch]):
         _drop_inactive(values)
         if not self._frame_phones:
             return
-        names = {p: i for i, p in enumerate(sorted(set(self._frame_phones)))}
-        phones = torch.tensor([names[p] for p in self._frame_phones])
-        for stream, parts in self._frame_labels.items():
-            quality = label_quality(torch.cat(parts), phones)
+        for stream, quality in stream_quality(self._frame_labels, self._frame_phones).items():
             values[f"{stream}_pnmi"] = quality.pnmi
             values[f"{stream}_phone_purity"] = quality.phone_purity
-        values["label_quality_frames"] = int(phones.numel())
+        values["label_quality_frames"] = len(self._frame_phones)
