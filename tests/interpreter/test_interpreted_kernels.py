@@ -4,6 +4,7 @@ Collected only with TRITON_INTERPRET=1 (tests/test_triton.py runs this file in a
 subprocess). Sizes stay small: the interpreter executes every program in numpy.
 """
 
+import functools
 import math
 import os
 
@@ -55,6 +56,16 @@ def test_rpq_labels_kernel_all_negative_similarities():
     assert torch.equal(got, reference_rpq_labels(x, torch.eye(d)[None], codebook))
 
 
+def _reference_and_triton(run, x, log_probs):
+    """`run(fn, x_leaf, log_probs_leaf)` for the reference and for the Triton path, each on
+    fresh leaf copies of the inputs."""
+    triton = functools.partial(gumbel_rpq_cross_entropy, backend="triton")
+    return [
+        run(fn, x.clone().requires_grad_(), log_probs.clone().requires_grad_())
+        for fn in (reference_gumbel_rpq_cross_entropy, triton)
+    ]
+
+
 @pytest.mark.parametrize("lp_dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("noise", [True, False], ids=["noise", "no_noise"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
@@ -63,17 +74,15 @@ def test_gumbel_kernels_forward_and_backward(shape, noise, lp_dtype):
     x, projection, codebook = make_quantizer(*shape, seed=K)
     log_probs = make_log_probs(N, G, K).to(lp_dtype)
     weights = torch.randn(N, G, generator=torch.Generator().manual_seed(3))
-    results = []
-    for fn, kw in (
-        (reference_gumbel_rpq_cross_entropy, {}),
-        (gumbel_rpq_cross_entropy, {"backend": "triton"}),
-    ):
-        xx = x.clone().requires_grad_()
-        lp = log_probs.clone().requires_grad_()
-        loss, labels = fn(xx, projection, codebook, lp, noise=noise, **KW, **kw)
+
+    def run(fn, xx, lp):
+        loss, labels = fn(xx, projection, codebook, lp, noise=noise, **KW)
         (loss * weights).sum().backward()
-        results.append((loss.detach(), labels, xx.grad, lp.grad))
-    (loss_r, labels_r, gx_r, glp_r), (loss, labels, gx, glp) = results
+        return loss.detach(), labels, xx.grad, lp.grad
+
+    (loss_r, labels_r, gx_r, glp_r), (loss, labels, gx, glp) = _reference_and_triton(
+        run, x, log_probs
+    )
     assert torch.equal(labels, labels_r)
     torch.testing.assert_close(loss, loss_r.float(), atol=1e-5, rtol=1e-5)
     assert glp.dtype == lp_dtype
@@ -90,19 +99,17 @@ def test_gumbel_kernels_with_probs(shape):
     N, D, G, d, K = shape
     x, projection, codebook = make_quantizer(*shape, seed=K + 1)
     log_probs = make_log_probs(N, G, K)
-    results = []
-    for fn, kw in (
-        (reference_gumbel_rpq_cross_entropy, {}),
-        (gumbel_rpq_cross_entropy, {"backend": "triton"}),
-    ):
-        xx = x.clone().requires_grad_()
-        lp = log_probs.clone().requires_grad_()
-        loss, labels, sums = fn(xx, projection, codebook, lp, with_probs=True, **KW, **kw)
+
+    def run(fn, xx, lp):
+        loss, labels, sums = fn(xx, projection, codebook, lp, with_probs=True, **KW)
         div = codebook_diversity_loss(sums, N)
         gx, glp = torch.autograd.grad(loss.sum() + 0.3 * div, (xx, lp), retain_graph=True)
         (gx_div,) = torch.autograd.grad(div, xx)
-        results.append((loss.detach(), labels, sums.detach(), gx, glp, gx_div))
-    (loss_r, labels_r, sums_r, gx_r, glp_r, gxd_r), (loss, labels, sums, gx, glp, gxd) = results
+        return loss.detach(), labels, sums.detach(), gx, glp, gx_div
+
+    reference, triton = _reference_and_triton(run, x, log_probs)
+    loss_r, labels_r, sums_r, gx_r, glp_r, gxd_r = reference
+    loss, labels, sums, gx, glp, gxd = triton
     assert torch.equal(labels, labels_r)
     torch.testing.assert_close(loss, loss_r, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(sums, sums_r, atol=1e-5, rtol=1e-5)
