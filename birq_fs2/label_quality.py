@@ -46,22 +46,38 @@ def _ids(values: Tensor) -> tuple[Tensor, int]:
     return inverse, int(inverse.max()) + 1
 
 
-def _entropy(p: Tensor) -> Tensor:
+def entropy(p: Tensor) -> Tensor:
+    """Entropy in nats of a distribution (zeros allowed)."""
     p = p[p > 0]
     return -(p * p.log()).sum()
 
 
-def _pnmi(y: Tensor, z: Tensor, num_y: int, num_z: int) -> tuple[float, Tensor]:
-    """(PNMI, joint distribution) of phone ids y and label ids z."""
-    joint = torch.zeros(num_y, num_z, dtype=torch.float64)
-    joint.index_put_((y, z), torch.ones_like(y, dtype=torch.float64), accumulate=True)
-    joint /= joint.sum()
-    py, pz = joint.sum(1), joint.sum(0)
+def joint_distribution(a: Tensor, b: Tensor) -> Tensor:
+    """p(a, b) (float64) of two label sequences of the same frames, over the values
+    each one takes (in sorted order)."""
+    ia, num_a = _ids(a.flatten().cpu())
+    ib, num_b = _ids(b.flatten().cpu())
+    return _joint(ia, ib, num_a, num_b)
+
+
+def _joint(ia: Tensor, ib: Tensor, num_a: int, num_b: int) -> Tensor:
+    joint = torch.zeros(num_a, num_b, dtype=torch.float64)
+    joint.index_put_((ia, ib), torch.ones_like(ia, dtype=torch.float64), accumulate=True)
+    return joint / joint.sum()
+
+
+def mutual_information(joint: Tensor) -> Tensor:
+    """I(a; b) in nats of a joint distribution p(a, b)."""
+    pa, pb = joint.sum(1), joint.sum(0)
     nz = joint > 0
-    mi = (joint[nz] * (joint[nz] / (py[:, None] * pz[None, :])[nz]).log()).sum()
-    h_y = _entropy(py)
+    return (joint[nz] * (joint[nz] / (pa[:, None] * pb[None, :])[nz]).log()).sum()
+
+
+def _pnmi(joint: Tensor) -> float:
+    """I(y; z) / H(y) of p(phone y, label z)."""
+    h_y = entropy(joint.sum(1))
     # A single phone leaves no uncertainty to explain: PNMI is 0 by convention.
-    return (float((mi / h_y).clamp(0.0, 1.0)) if h_y > 0 else 0.0), joint
+    return float((mutual_information(joint) / h_y).clamp(0.0, 1.0)) if h_y > 0 else 0.0
 
 
 def label_quality(labels: Tensor, phones: Tensor, *, seed: int = 0) -> LabelQuality:
@@ -76,15 +92,15 @@ def label_quality(labels: Tensor, phones: Tensor, *, seed: int = 0) -> LabelQual
         raise ValueError("No frames: label quality needs at least one labelled frame.")
     z, num_z = _ids(labels.flatten().cpu())
     y, num_y = _ids(phones.flatten().cpu())
-    pnmi, joint = _pnmi(y, z, num_y, num_z)
+    joint = _joint(y, z, num_y, num_z)
     shuffled = z[torch.randperm(z.numel(), generator=torch.Generator().manual_seed(seed))]
-    chance, _ = _pnmi(y, shuffled, num_y, num_z)
+    chance = _pnmi(_joint(y, shuffled, num_y, num_z))
     return LabelQuality(
         phone_purity=float(joint.max(dim=0).values.sum()),
         cluster_purity=float(joint.max(dim=1).values.sum()),
-        pnmi=pnmi,
+        pnmi=_pnmi(joint),
         codes_used=num_z,
-        perplexity=float(torch.exp(_entropy(joint.sum(0)))),
+        perplexity=float(torch.exp(entropy(joint.sum(0)))),
         num_frames=int(labels.numel()),
         chance_pnmi=chance,
     )

@@ -17,6 +17,8 @@ from fairseq2.metrics.recorders import MetricDescriptor
 from fairseq2.runtime.dependency import DependencyContainer
 from torch import Tensor
 
+from birq_fs2.label_quality import entropy, joint_distribution, mutual_information
+
 
 @dataclass(frozen=True)
 class Metric:
@@ -116,17 +118,9 @@ def normalized_mutual_information(a: Tensor, b: Tensor) -> float:
     """NMI (arithmetic normalisation) between two label sequences of the same frames."""
     if a.numel() == 0:
         return 0.0
-    _, ia = torch.unique(a, return_inverse=True)
-    _, ib = torch.unique(b, return_inverse=True)
-    joint = torch.zeros(int(ia.max()) + 1, int(ib.max()) + 1)
-    joint.index_put_((ia, ib), torch.ones_like(ia, dtype=torch.float), accumulate=True)
-    joint /= joint.sum()
-    pa, pb = joint.sum(1), joint.sum(0)
-    nz = joint > 0
-    mi = (joint[nz] * (joint[nz] / (pa[:, None] * pb[None, :])[nz]).log()).sum()
-    ha, hb = -(pa * pa.log()).sum(), -(pb * pb.log()).sum()
-    denom = (ha + hb) / 2
-    return float(mi / denom) if denom > 0 else 1.0
+    joint = joint_distribution(a, b)
+    denom = (entropy(joint.sum(1)) + entropy(joint.sum(0))) / 2
+    return float(mutual_information(joint) / denom) if denom > 0 else 1.0
 
 
 def series(rows: Iterable[dict], key: str, table: dict[str, Metric]) -> list[tuple[int, float]]:
