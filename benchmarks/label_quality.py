@@ -61,9 +61,17 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     ),
     "stop": ("label_grad: stop", [f"{ENH}.label_grad=stop", f"{ENH}.label_norm=layer"]),
     "instance": ("label_norm: instance", [f"{ENH}.label_grad=st", f"{ENH}.label_norm=instance"]),
+    "stop_instance": (
+        "label_grad: stop + label_norm: instance",
+        [f"{ENH}.label_grad=stop", f"{ENH}.label_norm=instance"],
+    ),
     "warmup": (
         "enhanced-loss warm-up over 25 % of the steps",
-        ["schedule.enhanced_warmup_steps={quarter}"],
+        [
+            "schedule.enhanced_warmup_steps={quarter}",
+            f"{ENH}.label_grad=st",
+            f"{ENH}.label_norm=layer",
+        ],
     ),
     "masked": ("label_input: masked", [f"{ENH}.label_input=masked", f"{ENH}.label_grad=st"]),
     "diversity": ("diversity_weight 0.1", [f"{ENH}.diversity_weight=0.1", f"{ENH}.label_grad=st"]),

@@ -65,13 +65,17 @@ PRETRAIN_METRICS = _table(
 )
 
 LABEL_QUALITY_METRICS = _table(
+    Metric("enhanced_noise_free_codes_used", "Enhanced Codes Used (noise-free)", 118),
+    Metric("enhanced_noise_free_perplexity", "Enhanced Code Perplexity (noise-free)", 119),
     Metric("anchor_pnmi", "Anchor PNMI", 120),
     Metric("enhanced_pnmi", "Enhanced PNMI", 121),
     Metric("anchor_phone_purity", "Anchor Phone Purity", 122),
     Metric("enhanced_phone_purity", "Enhanced Phone Purity", 123),
     Metric("label_quality_frames", "Phone-Aligned Frames", 832, format_as_int),
 )
-"""Validation only, when the validation split has phone alignments (`birq_fs2.label_quality`)."""
+"""Validation only. The noise-free enhanced code usage of every frame whenever the enhanced
+stream is active (the collapse guard's second reading); PNMI and purities when the validation
+split has phone alignments (`birq_fs2.label_quality`)."""
 
 FINETUNE_METRICS = _table(
     LOSS,
@@ -85,7 +89,7 @@ FINETUNE_METRICS = _table(
 
 ENHANCED_KEYS = (
     "enhanced_loss", "enhanced_accuracy", "enhanced_codes_used", "enhanced_perplexity", "label_nmi",
-    "diversity_loss",
+    "diversity_loss", "enhanced_noise_free_codes_used", "enhanced_noise_free_perplexity",
 )  # fmt: skip
 """Pretraining metrics of the enhanced stream: recorded only while it is active."""
 

@@ -38,6 +38,11 @@ def test_layer_analysis_of_a_pretrained_run(tmp_path, aligned_corpus, capsys):
     for key in ("anchor_pnmi", "enhanced_pnmi", "anchor_phone_purity", "enhanced_phone_purity"):
         assert 0.0 <= valid[display(key, LABEL_QUALITY_METRICS)] <= 1.0, key
     assert valid[display("label_quality_frames", LABEL_QUALITY_METRICS)] > 100
+    # The guard's second reading: the noise-free enhanced labels of every validation frame.
+    noise_free = valid[display("enhanced_noise_free_perplexity", LABEL_QUALITY_METRICS)]
+    assert (
+        1.0 <= noise_free <= valid[display("enhanced_noise_free_codes_used", LABEL_QUALITY_METRICS)]
+    )
     out = tmp_path / "labels"
     assert main(["--model", str(run_dir), "--data", str(aligned_corpus), "--split", "train",
                  "--out", str(out), "--max-utterances", "20"]) == 0  # fmt: skip

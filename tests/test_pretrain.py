@@ -137,7 +137,7 @@ def test_gumbel_noise_differs_per_micro_batch_and_stream_and_repeats_on_resume()
 def test_enhanced_warmup_and_collapse_guard(caplog):
     from birq_fs2.data.pipeline import DataStats
     from birq_fs2.recipes.errors import LabelCollapseError
-    from birq_fs2.recipes.pretrain.recipe import BirqTrainUnit
+    from birq_fs2.recipes.pretrain.recipe import BirqEvalUnit, BirqTrainUnit, CollapseGuard
 
     section = BirqScheduleSection(refine_start_step=10, enhanced_warmup_steps=4, collapse_ratio=0.1)
     sched = StepSchedule(section, 100, 0, 0)
@@ -158,6 +158,21 @@ def test_enhanced_warmup_and_collapse_guard(caplog):
     stopping = BirqTrainUnit(None, None, StepSchedule(section, 100, 0, 0), DataStats())
     with pytest.raises(LabelCollapseError, match="collapse_ratio = 0.1"):
         stopping.process_metric_values(dict(collapsed))
+
+    # The second reading, at validation: noise-free labels can collapse while the sampled
+    # ones look healthy (the noise alone spreads them). One guard, one warning per reading.
+    section.stop_on_collapse = False
+    guard = CollapseGuard(section)
+    train = BirqTrainUnit(None, None, sched, DataStats(), guard)
+    valid = BirqEvalUnit(None, None, sched, guard=guard)
+    valid.set_train_step_nr(40)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        train.process_metric_values(dict(healthy))
+        for _ in range(2):
+            valid.process_metric_values({**healthy, "enhanced_noise_free_perplexity": 1.6})
+    assert caplog.text.count("Enhanced labels collapsed at step 40") == 1
+    assert "noise-free code perplexity (validation) 1.6 against the anchor's 100.0" in caplog.text
 
 
 def test_label_statistics():

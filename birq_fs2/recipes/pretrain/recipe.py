@@ -13,7 +13,6 @@ from fairseq2.datasets import SequenceBatch
 from fairseq2.evaluator import EvalUnit
 from fairseq2.logging import log
 from fairseq2.metrics import Mean, MetricBag, Sum
-from fairseq2.nn import BatchLayout
 from fairseq2.recipe.base import Recipe, RecipeContext
 from fairseq2.runtime.dependency import DependencyContainer
 from fairseq2.task import Task
@@ -82,7 +81,8 @@ class BirqPretrainRecipe(Recipe):
         schedule = StepSchedule(
             config.schedule, config.regime.num_steps, config.common.seed, context.gangs.dp.rank
         )
-        unit = BirqTrainUnit(dp_model, model, schedule, stats)
+        guard = CollapseGuard(config.schedule)
+        unit = BirqTrainUnit(dp_model, model, schedule, stats, guard)
         valid_units, valid_readers = [], []
         if ds.valid_split is not None:
             valid_audio = (u.path for u in dataset.utterances(ds.valid_split))
@@ -92,7 +92,7 @@ class BirqPretrainRecipe(Recipe):
                     "birq: {} validation utterances have phone alignments: label quality (PNMI, "
                     "purity) is logged at every validation.", len(alignments),
                 )  # fmt: skip
-            valid_units.append(BirqEvalUnit(dp_model, model, schedule, alignments))
+            valid_units.append(BirqEvalUnit(dp_model, model, schedule, alignments, guard))
             valid_readers.append(
                 dataset.create_eval_reader(
                     ds.valid_split, context.gangs, ds.pipeline, seed=config.common.seed + 1
@@ -218,12 +218,55 @@ def _update_metrics(
 
 
 @final
+class CollapseGuard:
+    """One warning (or, with stop_on_collapse, a stop) when the enhanced labels use a small
+    fraction of the codes the anchor labels use: the collapse that makes L_enh trivially
+    small and the encoder learn nothing from it.
+
+    Two readings: the training labels (sampled with Gumbel noise) and, at validation, the
+    noise-free labels. The sampled perplexity alone can hide a collapse: at a high tau the
+    noise alone spreads the labels over many codes while the argmax uses one or two."""
+
+    READINGS = {
+        "enhanced_perplexity": "code perplexity",
+        "enhanced_noise_free_perplexity": "noise-free code perplexity (validation)",
+    }
+
+    def __init__(self, section: BirqScheduleSection) -> None:
+        self._section = section
+        self._reported: set[str] = set()
+
+    def check(self, values: Mapping[str, Any], key: str, step_nr: int) -> None:
+        ratio = self._section.collapse_ratio
+        if ratio <= 0 or key not in values or key in self._reported:
+            return
+        enhanced, anchor = float(values[key]), float(values["anchor_perplexity"])
+        if enhanced >= ratio * anchor:
+            return
+        message = (
+            f"Enhanced labels collapsed at step {step_nr}: {self.READINGS[key]} {enhanced:.1f} "
+            f"against the anchor's {anchor:.1f} (below schedule.collapse_ratio = {ratio} of it)."
+        )
+        if self._section.stop_on_collapse:
+            raise LabelCollapseError(
+                message + " Stopping (schedule.stop_on_collapse); the last checkpoint is intact."
+            )
+        log.warning("{} Training goes on (schedule.stop_on_collapse: true stops it).", message)
+        self._reported.add(key)
+
+
+@final
 class BirqTrainUnit(TrainUnit[SequenceBatch]):
     def __init__(
-        self, dp_model: Module, model: BirqModel, schedule: StepSchedule, stats: DataStats
+        self,
+        dp_model: Module,
+        model: BirqModel,
+        schedule: StepSchedule,
+        stats: DataStats,
+        guard: CollapseGuard | None = None,
     ) -> None:
         self._dp_model, self._model, self._schedule, self._stats = dp_model, model, schedule, stats
-        self._collapse_reported = False
+        self._guard = guard or CollapseGuard(schedule.section)
         self.set_step_nr(1)
 
     @override
@@ -258,28 +301,7 @@ class BirqTrainUnit(TrainUnit[SequenceBatch]):
     def process_metric_values(self, values: dict[str, Any]) -> None:
         _drop_inactive(values)
         values["skipped_utterances"] = self._stats.num_skipped
-        self._guard_collapse(values)
-
-    def _guard_collapse(self, values: dict[str, Any]) -> None:
-        """One warning (or, with stop_on_collapse, a stop) when the enhanced labels use a
-        small fraction of the codes the anchor labels use: the collapse that makes L_enh
-        trivially small and the encoder learn nothing from it."""
-        ratio = self._schedule.section.collapse_ratio
-        if ratio <= 0 or "enhanced_perplexity" not in values or self._collapse_reported:
-            return
-        enhanced, anchor = float(values["enhanced_perplexity"]), float(values["anchor_perplexity"])
-        if enhanced >= ratio * anchor:
-            return
-        message = (
-            f"Enhanced labels collapsed at step {self._step_nr}: code perplexity {enhanced:.1f} "
-            f"against the anchor's {anchor:.1f} (below schedule.collapse_ratio = {ratio} of it)."
-        )
-        if self._schedule.section.stop_on_collapse:
-            raise LabelCollapseError(
-                message + " Stopping (schedule.stop_on_collapse); the last checkpoint is intact."
-            )
-        log.warning("{} Training goes on (schedule.stop_on_collapse: true stops it).", message)
-        self._collapse_reported = True
+        self._guard.check(values, "enhanced_perplexity", self._step_nr)
 
 
 @final
@@ -294,8 +316,10 @@ class BirqEvalUnit(EvalUnit[SequenceBatch]):
         model: BirqModel,
         schedule: StepSchedule,
         alignments: Mapping[str, list[PhoneSegment]] | None = None,
+        guard: CollapseGuard | None = None,
     ) -> None:
         self._dp_model, self._model, self._schedule = dp_model, model, schedule
+        self._guard = guard or CollapseGuard(schedule.section)
         self._alignments = alignments or {}
         self.set_train_step_nr(1)
 
@@ -325,27 +349,35 @@ class BirqEvalUnit(EvalUnit[SequenceBatch]):
         step = replace(self._step, seed=seed)
         out: BirqOutput = self._dp_model(seqs, layout, step)
         _update_metrics(metric_bag, batch, out, step, self._model)
-        if self._alignments:
-            self._collect_frame_labels(batch)
+        enhanced = self._model.has_enhanced and step.enhanced_active
+        if enhanced or self._alignments:
+            self._frame_streams(batch, metric_bag, enhanced)
 
-    def _collect_frame_labels(self, batch: SequenceBatch) -> None:
+    def _frame_streams(self, batch: SequenceBatch, metric_bag: MetricBag, enhanced: bool) -> None:
+        """Noise-free labels of every frame of the unmasked batch: their code perplexity
+        (the collapse guard's second reading) and, for the utterances with alignments,
+        the frames that the label-quality metrics score."""
         seqs, layout = batch.as_input()
-        lens = layout.seq_lens if layout.padded else [seqs.shape[1]] * seqs.shape[0]
-        # A cropped utterance no longer starts at the alignment's time 0: left out.
-        keep = [
-            i for i, utt_id in enumerate(batch.example["ids"])
-            if (segments := self._alignments.get(utt_id)) is not None
-            and int(lens[i]) == num_fbank_frames(round(segments[-1].end * SAMPLE_RATE))
-        ]  # fmt: skip
-        if not keep:
-            return
         model = self._model
         layers = [model.label_layer] if model.has_enhanced else []
+        per_utterance = frame_label_streams(model, seqs, layout, layers)
+        if enhanced:
+            labels = torch.cat([streams[f"layer_{layers[0]}"] for streams in per_utterance])
+            assert model.enhanced_quantizer is not None
+            used, ppl = codebook_usage(
+                labels[:, None].cpu(), model.enhanced_quantizer.codebook_size
+            )
+            metric_bag.get("enhanced_noise_free_codes_used", StreamMean).update(torch.tensor(used))
+            metric_bag.get("enhanced_noise_free_perplexity", StreamMean).update(torch.tensor(ppl))
         frame_seconds = model.config.frame_ms / 1000
-        kept_layout = BatchLayout((len(keep), seqs.shape[1]), seq_lens=[int(lens[i]) for i in keep])
-        per_utterance = frame_label_streams(model, seqs[keep], kept_layout, layers)
-        for i, streams in zip(keep, per_utterance, strict=True):
-            segments = self._alignments[batch.example["ids"][i]]
+        lens = layout.seq_lens if layout.padded else [seqs.shape[1]] * seqs.shape[0]
+        for utt_id, n, streams in zip(batch.example["ids"], lens, per_utterance, strict=True):
+            segments = self._alignments.get(utt_id)
+            # A cropped utterance no longer starts at the alignment's time 0: left out.
+            if segments is None or int(n) != num_fbank_frames(
+                round(segments[-1].end * SAMPLE_RATE)
+            ):
+                continue
             self._frame_phones += frame_phones(segments, frame_seconds, streams["anchor"].shape[0])
             self._frame_labels.setdefault("anchor", []).append(streams["anchor"])
             if layers:
@@ -354,6 +386,7 @@ class BirqEvalUnit(EvalUnit[SequenceBatch]):
     @override
     def process_metric_values(self, values: dict[str, Any]) -> None:
         _drop_inactive(values)
+        self._guard.check(values, "enhanced_noise_free_perplexity", self._step_nr)
         if not self._frame_phones:
             return
         for stream, quality in stream_quality(self._frame_labels, self._frame_phones).items():
