@@ -42,8 +42,8 @@ def plot_panels(panels: Sequence[tuple[str, Sequence[Series]]], out: Path, xlabe
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
-    for ax, (title, lines) in zip(axes, panels, strict=True):
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+    for ax, (title, lines) in zip(axes[0], panels, strict=True):
         for label, style, points in lines:
             if points:
                 xs, ys = zip(*points, strict=True)

@@ -66,11 +66,13 @@ class SpeechDataset:
         sync_mode: SyncMode = SyncMode.UNTIL_FIRST,
         repeat: bool = False,
         fraction: float = 1.0,
+        subset_seed: int | None = None,
     ) -> DataPipelineReader:
-        """`fraction` < 1 keeps a fixed subset of the split (see `subset`)."""
+        """`fraction` < 1 keeps a fixed subset of the split (see `subset`), chosen with
+        `subset_seed` (default: `seed`)."""
         utterances = self.utterances(split)
         if fraction < 1.0:
-            utterances = subset(utterances, fraction, seed)
+            utterances = subset(utterances, fraction, seed if subset_seed is None else subset_seed)
         return create_speech_reader(
             utterances, config, gangs, seed=seed, shuffle=shuffle, stats=stats,
             num_accumulate=num_accumulate, sync_mode=sync_mode, vocab=self._vocab(), repeat=repeat,

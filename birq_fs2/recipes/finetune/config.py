@@ -40,8 +40,10 @@ class FinetuneDatasetSection(DatasetSection):
     """Decoded for WER / CER every regime.validate_every_n_steps; None: no validation."""
     train_fraction: float = 1.0
     """The labelled part: a fixed subset of this fraction of the training utterances,
-    chosen by a hash of (common.seed, utterance id), so runs with the same seed
-    fine-tune on the same utterances."""
+    chosen by a hash of (train_subset_seed, utterance id)."""
+    train_subset_seed: int | None = None
+    """Seed of the labelled subset; None: common.seed. Set it to compare fine-tuning seeds
+    on the same labelled utterances."""
     pipeline: SpeechPipelineConfig = field(
         # Over-long utterances are skipped, not cropped: a crop would cut the transcript.
         default_factory=lambda: SpeechPipelineConfig(

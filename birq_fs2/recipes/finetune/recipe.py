@@ -98,7 +98,7 @@ class BirqFinetuneRecipe(Recipe):
         train_reader = dataset.create_reader(
             ds.train_split, context.gangs, ds.pipeline, seed=config.common.seed, stats=stats,
             num_accumulate=config.trainer.grad_accumulation.num_batches,
-            fraction=ds.train_fraction,
+            fraction=ds.train_fraction, subset_seed=ds.train_subset_seed,
         )  # fmt: skip
         log.info(
             "birq-finetune: {:,} parameters; vocabulary of {} symbols; {:.0%} of split '{}' labelled.",

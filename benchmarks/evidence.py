@@ -1,0 +1,671 @@
+"""The evidence: BiRQ vs BEST-RQ vs no pretraining, at equal pretraining steps and at
+equal pretraining compute, over seeds, with little labelled data.
+
+    python benchmarks/evidence.py [--budget quick|full] [--seeds 0,1,2]
+        [--arms scratch,bestrq,birq,bestrq_cost] [--corpus DIR] [--eval-data DIR[:SPLIT] ...]
+        [--work DIR] [--out benchmarks/results/evidence]
+
+Plan, per seed (the pretraining and the fine-tuning seed both): pretrain BEST-RQ
+(`bestrq_tiny`) and BiRQ (the defaults) on all the unlabelled training audio with the
+project's own recipe and the same steps; measure BiRQ's step cost against BEST-RQ's in
+those two runs (the recipes' "Compute Time") and pretrain BEST-RQ again for the steps that
+cost buys (`bestrq_cost`: equal compute); fine-tune every encoder, and a randomly
+initialised one (`scratch`), with the same CTC recipe, steps and labelled subset (about
+`labelled_minutes` of the training utterances, one fixed subset for every arm and seed);
+export each fine-tuned model (`<work>/models/<arm>-s<seed>`, a folder `birq-evaluate
+--model` takes) and score it on the held-out test speakers (and on every --eval-data set).
+
+Statistics: mean and standard deviation over seeds of test WER and CER per arm; for each
+comparison the paired per-seed differences and a bootstrap 95 % confidence interval of the
+mean difference, resampling test utterances (the same resample for both arms and every
+seed). Label quality of each pretrained encoder (PNMI against the true phones, code
+perplexity) comes from the recipe's last validation and `birq-labels`.
+
+Resumable: a finished run is skipped, an interrupted one resumes from its last checkpoint
+(the recipes do it), and the report is rewritten after every run from whatever exists, so
+a stopped session loses at most the run in flight. The equal-cost step count is measured
+once (seed 0's runs) and kept in `<work>/plan.json`. Writes REPORT.md, results.json and
+two plots under --out; runs and models stay in --work (not committed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from birq_fs2.metrics import (  # noqa: E402
+    FINETUNE_METRICS,
+    LABEL_QUALITY_METRICS,
+    PRETRAIN_METRICS,
+    display,
+    series,
+)
+from birq_fs2.report import read_metrics  # noqa: E402
+
+CONFIGS = ROOT / "birq_fs2" / "recipes"
+PRETRAIN_PRESET = CONFIGS / "pretrain" / "configs" / "tiny_cpu.yaml"
+FINETUNE_PRESET = CONFIGS / "finetune" / "configs" / "tiny_cpu.yaml"
+SUBSET_SEED = 0
+"""One labelled subset for every arm and seed: only the initial encoder differs."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    hours: float
+    """Training audio of the synthetic corpus (dev and test: 10 % of it each, other speakers)."""
+    speakers: int
+    labelled_minutes: float
+    pretrain_steps: int
+    pretrain_validate_every: int
+    finetune_steps: int
+    finetune_validate_every: int
+    label_utterances: int
+    """Dev utterances of the layer analysis (birq-labels) of each pretrained encoder."""
+    seeds: str
+
+
+BUDGETS = {
+    "quick": Budget(
+        hours=0.03, speakers=6, labelled_minutes=1.0, pretrain_steps=4,
+        pretrain_validate_every=2, finetune_steps=4, finetune_validate_every=2,
+        label_utterances=10, seeds="0",
+    ),
+    "full": Budget(
+        hours=2.0, speakers=40, labelled_minutes=10.0, pretrain_steps=400,
+        pretrain_validate_every=100, finetune_steps=300, finetune_validate_every=50,
+        label_utterances=200, seeds="0,1,2",
+    ),
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Arm:
+    title: str
+    pretrain: list[str] | None
+    """Pretraining overrides; None: no pretraining (the fine-tuning starts from scratch)."""
+    equal_cost: bool = False
+    """Pretrained for the steps that BiRQ's measured step cost buys, not the budget's."""
+
+
+ENH = "model.config_overrides.enhanced"
+ARMS: dict[str, Arm] = {
+    "scratch": Arm("no pretraining", None),
+    "bestrq": Arm("BEST-RQ, equal steps", ["model.arch=bestrq_tiny"]),
+    "birq": Arm("BiRQ (defaults)", []),
+    "bestrq_cost": Arm("BEST-RQ, equal compute", ["model.arch=bestrq_tiny"], equal_cost=True),
+    "birq_masked": Arm("BiRQ, label_input: masked", [f"{ENH}.label_input=masked"]),
+    "birq_st": Arm("BiRQ, label_grad: st", [f"{ENH}.label_grad=st"]),
+}
+DEFAULT_ARMS = "scratch,bestrq,birq,bestrq_cost"
+COMPARISONS = [
+    ("bestrq", "scratch"), ("birq", "scratch"), ("birq", "bestrq"), ("birq", "bestrq_cost"),
+    ("birq_masked", "birq"), ("birq_st", "birq"),
+]  # fmt: skip
+"""(arm, baseline): reported when both have runs; the difference is arm - baseline."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    corpus: Path
+    train: str
+    dev: str
+    test: str
+
+
+# --- running --------------------------------------------------------------------------
+
+
+def _run(cmd: list[str], log: Path, what: str) -> float:
+    """One recipe process, its output in `log`; returns the wall-clock seconds."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    print(f"evidence: {what} ...", file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    with log.open("a") as f:
+        f.write("$ " + " ".join(cmd) + "\n")
+        f.flush()
+        proc = subprocess.run(
+            cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "FAIRSEQ2_NO_PROGRESS": "1"}
+        )
+    if proc.returncode != 0:
+        tail = log.read_text()[-3000:]
+        raise RuntimeError(f"{what} failed (exit {proc.returncode}; log {log}):\n{tail}")
+    return time.perf_counter() - started
+
+
+def finished(run: Path, steps: int) -> bool:
+    return (run / "checkpoints" / f"step_{steps}").is_dir()
+
+
+def pretrain(work: Path, data: Layout, arm: str, seed: int, steps: int, budget: Budget) -> Path:
+    run = work / "pretrain" / f"{arm}-s{seed}"
+    if finished(run, steps):
+        return run
+    every = min(budget.pretrain_validate_every, steps)
+    cmd = [
+        sys.executable, "-m", "birq_fs2.recipes.pretrain", str(run),
+        "--config-file", str(PRETRAIN_PRESET), "--config",
+        f"dataset.config_overrides.path={data.corpus}", f"dataset.train_split={data.train}",
+        f"dataset.valid_split={data.dev}", f"common.seed={seed}", f"regime.num_steps={steps}",
+        f"regime.validate_every_n_steps={every}", f"regime.checkpoint_every_n_steps={every}",
+        f"regime.publish_metrics_every_n_steps={max(1, every // 10)}",
+        f"lr_scheduler.config.num_warmup_steps={max(1, steps // 10)}",
+        *(ARMS[arm].pretrain or []),
+    ]  # fmt: skip
+    _run(cmd, work / "logs" / f"pretrain-{arm}-s{seed}.log", f"pretraining {arm} seed {seed}")
+    return run
+
+
+def finetune(
+    work: Path, data: Layout, arm: str, seed: int, encoder: Path | None, fraction: float,
+    budget: Budget,
+) -> Path:  # fmt: skip
+    run = work / "finetune" / f"{arm}-s{seed}"
+    if finished(run, budget.finetune_steps):
+        return run
+    every = min(budget.finetune_validate_every, budget.finetune_steps)
+    cmd = [
+        sys.executable, "-m", "birq_fs2.recipes.finetune", str(run),
+        "--config-file", str(FINETUNE_PRESET), "--config",
+        f"dataset.config_overrides.path={data.corpus}", f"dataset.train_split={data.train}",
+        f"dataset.valid_split={data.dev}", f"dataset.train_fraction={fraction:.6f}",
+        f"dataset.train_subset_seed={SUBSET_SEED}", f"common.seed={seed}",
+        f"regime.num_steps={budget.finetune_steps}", f"regime.validate_every_n_steps={every}",
+        f"regime.checkpoint_every_n_steps={every}",
+        f"regime.publish_metrics_every_n_steps={max(1, every // 5)}",
+        *([f"pretrained.model={encoder}"] if encoder is not None else []),
+    ]  # fmt: skip
+    _run(cmd, work / "logs" / f"finetune-{arm}-s{seed}.log", f"fine-tuning {arm} seed {seed}")
+    return run
+
+
+def export_and_score(
+    work: Path, finetuned: Path, name: str, test_sets: list[tuple[str, Path, str]]
+) -> dict[str, Path]:
+    """The best checkpoint (by dev WER) exported to models/<name>, scored on every test set;
+    returns {test set: folder with summary.json and hypotheses.tsv}."""
+    import torch
+
+    from birq_fs2.evaluation import evaluate
+    from birq_fs2.export import export_checkpoint
+
+    model_dir = work / "models" / name
+    if not (model_dir / "model.yaml").exists():
+        export_checkpoint(finetuned, model_dir, f"evidence_{name}")
+    scored = {}
+    for set_name, path, split in test_sets:
+        out = work / "eval" / set_name / name
+        if not (out / "summary.json").exists():
+            print(f"evidence: scoring {name} on {set_name} ...", file=sys.stderr, flush=True)
+            evaluate(str(model_dir), path, split, out, torch.device("cpu"))
+        scored[set_name] = out
+    return scored
+
+
+def label_analysis(run: Path, data: Layout, budget: Budget) -> dict | None:
+    out = run / "labels"
+    if (out / "labels.json").exists():
+        return json.loads((out / "labels.json").read_text())
+    from birq_fs2.data.alignments import AlignmentError
+    from birq_fs2.data.corpus import CorpusError
+    from birq_fs2.labels import analyse
+
+    try:
+        return analyse(str(run), data.corpus, data.dev, max_utterances=budget.label_utterances,
+                       out_dir=out)  # fmt: skip
+    except (CorpusError, AlignmentError) as ex:  # a corpus without phone alignments
+        print(f"evidence: no layer analysis of {run.name}: {ex}", file=sys.stderr)
+        return None
+
+
+# --- planning --------------------------------------------------------------------------
+
+
+def ensure_corpus(work: Path, budget: Budget) -> Layout:
+    from birq_fs2.data.synth import synthesize_corpus
+
+    corpus = work / "corpus"
+    if not (corpus / "SPEAKERS.TXT").exists():
+        synthesize_corpus(corpus, hours=budget.hours, num_speakers=budget.speakers, seed=0)
+    return Layout(corpus, "train", "dev", "test")
+
+
+def labelled_fraction(data: Layout, minutes: float) -> tuple[float, float, float]:
+    """(train_fraction that keeps about `minutes` of the training audio, the minutes the
+    subset really holds, the hours of the whole training split)."""
+    import soundfile as sf
+
+    from birq_fs2.data.corpus import load_split
+    from birq_fs2.data.dataset import subset
+
+    utterances = load_split(data.corpus, data.train)
+    seconds = {u.id: (u.num_samples or sf.info(str(u.path)).frames) / 16_000 for u in utterances}
+    fraction = min(1.0, minutes * 60 / sum(seconds.values()))
+    held = sum(seconds[u.id] for u in subset(utterances, fraction, SUBSET_SEED)) / 60
+    return fraction, held, sum(seconds.values()) / 3600
+
+
+def compute_per_step(run: Path) -> float:
+    """Mean seconds of computation per training step (fairseq2's "Compute Time", which
+    leaves out data loading, checkpoints and validation), over every logged interval but
+    the first (one-time start-up costs), or over the first alone when it is the only one."""
+    rows = [r for r in read_metrics(run / "metrics" / "train.jsonl") if "Compute Time" in r]
+    first = rows[0]["Step"] if len(rows) > 1 else 0
+    total, steps, last = 0.0, 0, first
+    for r in rows[1:] if len(rows) > 1 else rows:
+        total += r["Compute Time"]
+        steps += r["Step"] - last
+        last = r["Step"]
+    if steps == 0:
+        raise RuntimeError(f"{run}: no Compute Time in metrics/train.jsonl")
+    return total / steps
+
+
+def equal_cost_steps(work: Path, data: Layout, budget: Budget, seed: int) -> dict:
+    """BiRQ's step cost over BEST-RQ's, measured in this plan's own seed-`seed` runs, and
+    the BEST-RQ steps it buys. Kept in plan.json: every seed then uses the same count."""
+    plan_file = work / "plan.json"
+    plan = json.loads(plan_file.read_text()) if plan_file.exists() else {}
+    if "equal_cost" not in plan:
+        birq = pretrain(work, data, "birq", seed, budget.pretrain_steps, budget)
+        bestrq = pretrain(work, data, "bestrq", seed, budget.pretrain_steps, budget)
+        birq_s, bestrq_s = compute_per_step(birq), compute_per_step(bestrq)
+        ratio = birq_s / bestrq_s
+        plan["equal_cost"] = {
+            "birq_s_per_step": round(birq_s, 4), "bestrq_s_per_step": round(bestrq_s, 4),
+            "ratio": round(ratio, 3), "measured_on": f"seed {seed}",
+            "bestrq_steps": max(budget.pretrain_steps, round(budget.pretrain_steps * ratio)),
+        }  # fmt: skip
+        plan_file.write_text(json.dumps(plan, indent=2) + "\n")
+    return plan["equal_cost"]
+
+
+# --- results ---------------------------------------------------------------------------
+
+
+def utterance_errors(eval_dir: Path) -> dict[str, tuple[int, int, int, int]]:
+    """{utterance id: (word errors, reference words, char errors, reference chars)}."""
+    from birq_fs2.scoring import count_errors
+
+    rows = {}
+    lines = (eval_dir / "hypotheses.tsv").read_text(encoding="utf-8").splitlines()[1:]
+    for line in lines:
+        utt_id, _, _, ref, hyp = line.split("\t")
+        c = count_errors([ref], [hyp])
+        rows[utt_id] = (c.word_errors, c.ref_words, c.char_errors, c.ref_chars)
+    return rows
+
+
+def bootstrap_difference(
+    arm: dict[int, dict[str, tuple]], base: dict[int, dict[str, tuple]], *,
+    samples: int = 2000, seed: int = 0,
+) -> dict:  # fmt: skip
+    """Mean over the paired seeds of (arm - base) corpus WER and CER, with a 95 % percentile
+    bootstrap interval over test utterances (one resample shared by both arms and every
+    seed, so what is resampled is the test set, not the runs)."""
+    seeds = sorted(set(arm) & set(base))
+    ids = sorted(set.intersection(*(set(arm[s]) & set(base[s]) for s in seeds)))
+    a = np.array([[arm[s][u] for u in ids] for s in seeds], dtype=np.float64)  # (S, U, 4)
+    b = np.array([[base[s][u] for u in ids] for s in seeds], dtype=np.float64)
+
+    def rates(x: np.ndarray, idx: np.ndarray) -> np.ndarray:  # -> (B, S, 2) in percent
+        sums = x[:, idx].sum(axis=2)  # (S, B, 4)
+        wer, cer = sums[..., 0] / sums[..., 1], sums[..., 2] / sums[..., 3]
+        return 100 * np.stack([wer, cer], axis=-1).transpose(1, 0, 2)
+
+    full = np.arange(len(ids))[None]
+    diff = (rates(a, full) - rates(b, full))[0]  # (S, 2): per seed
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(ids), size=(samples, len(ids)))
+    boot = (rates(a, idx) - rates(b, idx)).mean(axis=1)  # (B, 2)
+    lo, hi = np.percentile(boot, [2.5, 97.5], axis=0)
+    return {
+        "seeds": seeds,
+        "utterances": len(ids),
+        "wer_diff_per_seed": [round(float(d), 2) for d in diff[:, 0]],
+        "cer_diff_per_seed": [round(float(d), 2) for d in diff[:, 1]],
+        "wer_diff": round(float(diff[:, 0].mean()), 2),
+        "cer_diff": round(float(diff[:, 1].mean()), 2),
+        "wer_ci95": [round(float(lo[0]), 2), round(float(hi[0]), 2)],
+        "cer_ci95": [round(float(lo[1]), 2), round(float(hi[1]), 2)],
+    }
+
+
+def _mean_std(values: list[float]) -> tuple[float, float | None]:
+    v = np.asarray(values, dtype=np.float64)
+    return float(v.mean()), (float(v.std(ddof=1)) if len(v) > 1 else None)
+
+
+def pretrain_summary(run: Path, layers: dict | None) -> dict:
+    valid = read_metrics(run / "metrics" / "valid" / "valid.jsonl")
+    last = valid[-1] if valid else {}
+    q = LABEL_QUALITY_METRICS
+    summary = {
+        "steps": last.get("Step"),
+        "compute_s_per_step": round(compute_per_step(run), 4),
+        "anchor_pnmi": last.get(display("anchor_pnmi", q)),
+        "enhanced_pnmi": last.get(display("enhanced_pnmi", q)),
+        "enhanced_noise_free_perplexity": last.get(display("enhanced_noise_free_perplexity", q)),
+        "anchor_perplexity": last.get(display("anchor_perplexity", PRETRAIN_METRICS)),
+        "best_layer": None,
+    }
+    if layers:
+        blocks = {k: v for k, v in layers["streams"].items() if k.startswith("layer_")}
+        name, best = max(blocks.items(), key=lambda kv: kv[1]["pnmi"])
+        summary["best_layer"] = {"block": int(name.split("_")[1]), "pnmi": best["pnmi"]}
+    return summary
+
+
+def collect(work: Path, arms: list[str], seeds: list[int], test_sets: list[str]) -> dict:
+    runs = []
+    for arm in arms:
+        for seed in seeds:
+            name = f"{arm}-s{seed}"
+            scored = {s: work / "eval" / s / name for s in test_sets}
+            if not all((d / "summary.json").exists() for d in scored.values()):
+                continue
+            pre = work / "pretrain" / name
+            labels = pre / "labels" / "labels.json"
+            ft_valid = read_metrics(work / "finetune" / name / "metrics" / "valid" / "valid.jsonl")
+            runs.append({
+                "arm": arm, "seed": seed,
+                "test": {s: {k: json.loads((d / "summary.json").read_text())[k]
+                             for k in ("wer", "cer", "num_utterances")}
+                         for s, d in scored.items()},
+                "pretrain": pretrain_summary(pre, json.loads(labels.read_text())
+                                             if labels.exists() else None)
+                if ARMS[arm].pretrain is not None else None,
+                "dev_wer": series(ft_valid, "wer", FINETUNE_METRICS),
+            })  # fmt: skip
+    return {"runs": runs}
+
+
+def analyse_results(work: Path, results: dict, test_sets: list[str]) -> dict:
+    arms_present = sorted({r["arm"] for r in results["runs"]}, key=list(ARMS).index)
+    per_arm = {}
+    for arm in arms_present:
+        rs = [r for r in results["runs"] if r["arm"] == arm]
+        per_arm[arm] = {}
+        for s in test_sets:
+            wer, wer_sd = _mean_std([r["test"][s]["wer"] for r in rs])
+            cer, cer_sd = _mean_std([r["test"][s]["cer"] for r in rs])
+            per_arm[arm][s] = {
+                "seeds": [r["seed"] for r in rs], "wer": round(wer, 2), "wer_std": wer_sd,
+                "cer": round(cer, 2), "cer_std": cer_sd,
+                "wer_per_seed": [r["test"][s]["wer"] for r in rs],
+            }  # fmt: skip
+    comparisons = {}
+    for s in test_sets:
+        errors = {
+            arm: {r["seed"]: utterance_errors(work / "eval" / s / f"{arm}-s{r['seed']}")
+                  for r in results["runs"] if r["arm"] == arm}
+            for arm in arms_present
+        }  # fmt: skip
+        for arm, base in COMPARISONS:
+            if arm in errors and base in errors and set(errors[arm]) & set(errors[base]):
+                c = bootstrap_difference(errors[arm], errors[base])
+                c["wer_relative"] = round(
+                    c["wer_diff"] / max(per_arm[base][s]["wer"], 1e-9), 4
+                )  # vs the baseline's mean over all its seeds
+                comparisons.setdefault(s, {})[f"{arm} vs {base}"] = c
+    return {"per_arm": per_arm, "comparisons": comparisons}
+
+
+def _pm(mean: float, sd: float | None) -> str:
+    return f"{mean:.1f}" + (f" ± {sd:.1f}" if sd is not None else "")
+
+
+def _fmt(v, spec=".3f") -> str:
+    return format(v, spec) if isinstance(v, (int, float)) else "-"
+
+
+def reading(stats: dict, test_set: str) -> list[str]:
+    """The answers to the issue's questions, in words, from the numbers."""
+    comps = stats["comparisons"].get(test_set, {})
+    lines = []
+
+    def verdict(key: str, question: str) -> None:
+        c = comps.get(key)
+        if c is None:
+            lines.append(f"- {question} Not measured yet.")
+            return
+        lo, hi = c["wer_ci95"]
+        if hi < 0:
+            answer = "Yes"
+        elif lo > 0:
+            answer = "No, it is worse"
+        else:
+            answer = "Not distinguishable"
+        lines.append(
+            f"- {question} **{answer}**: WER difference {c['wer_diff']:+.1f} points "
+            f"({c['wer_relative']:+.1%} relative; per seed {', '.join(f'{d:+.1f}' for d in c['wer_diff_per_seed'])}; "
+            f"95 % CI over test utterances [{lo:+.1f}, {hi:+.1f}]; "
+            f"{len(c['seeds'])} seed{'s' if len(c['seeds']) > 1 else ''})."
+        )
+
+    verdict("bestrq vs scratch", "Does BEST-RQ beat no pretraining?")
+    verdict("birq vs scratch", "Does BiRQ beat no pretraining?")
+    verdict("birq vs bestrq", "Does BiRQ beat BEST-RQ at equal pretraining steps?")
+    verdict("birq vs bestrq_cost", "Does BiRQ beat BEST-RQ at equal pretraining compute?")
+    goal = [comps.get(k) for k in ("birq vs bestrq", "birq vs bestrq_cost", "bestrq vs scratch")]
+    if all(goal):
+        reached = (
+            all(c["wer_relative"] <= -0.05 and c["wer_ci95"][1] < 0 for c in goal[:2])
+            and goal[2]["wer_ci95"][1] < 0
+        )
+        lines.append(
+            "- The paper's claim (BiRQ at least 5 % relative WER below BEST-RQ at equal steps "
+            "and compute, both below no pretraining): "
+            + ("**reached**." if reached else "**not reached** here.")
+        )
+    return lines
+
+
+def write_report(
+    out: Path, work: Path, budget_name: str, budget: Budget, meta: dict, results: dict,
+    stats: dict, test_sets: list[str],
+) -> None:  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {"budget": budget_name, **asdict(budget), **meta, **results, **stats}
+    (out / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
+    _plots(results, stats, out, test_sets[0])
+    main_set = test_sets[0]
+    cost = meta.get("equal_cost")
+    lines = [
+        "# The evidence: BiRQ vs BEST-RQ vs no pretraining",
+        "",
+        f"Budget `{budget_name}`. Pretraining: tiny encoders (`tiny_cpu.yaml`), "
+        f"{budget.pretrain_steps} steps on all {meta['train_hours']:.2f} h of unlabelled "
+        f"training audio. Fine-tuning: CTC (`tiny_cpu.yaml`), {budget.finetune_steps} steps on "
+        f"the same {meta['labelled_minutes']:.1f} minutes of labelled utterances for every arm "
+        f"and seed (dataset.train_fraction {meta['labelled_fraction']:.4f}, subset seed "
+        f"{SUBSET_SEED}); the checkpoint with the best dev WER is exported and scored on the "
+        "held-out test speakers. Seeds vary the pretraining and the fine-tuning both.",
+        "",
+    ]
+    if cost:
+        lines += [
+            f"Equal compute: BiRQ's training step cost {cost['birq_s_per_step']:.3f} s against "
+            f"BEST-RQ's {cost['bestrq_s_per_step']:.3f} s (ratio {cost['ratio']:.2f}, measured "
+            f"on this machine in this plan's {cost['measured_on']} runs, fairseq2's Compute Time); "
+            f"`bestrq_cost` pretrains BEST-RQ for {cost['bestrq_steps']} steps.",
+            "",
+        ]
+    lines += [f"## Test WER / CER ({main_set})", "",
+              "| arm | seeds | pretraining steps | test WER % | test CER % | WER per seed | "
+              "anchor PNMI | enhanced PNMI | enhanced ppl (noise-free) | best block PNMI |",
+              "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for arm, by_set in stats["per_arm"].items():
+        a = by_set[main_set]
+        pre = [r["pretrain"] for r in results["runs"] if r["arm"] == arm and r["pretrain"]]
+
+        def mean_of(key: str, pre=pre) -> str:
+            vals = [p[key] for p in pre if isinstance(p.get(key), (int, float))]
+            return _fmt(sum(vals) / len(vals)) if vals else "-"
+
+        best = [p["best_layer"] for p in pre if p.get("best_layer")]
+        best_txt = ", ".join(f"{b['pnmi']:.3f} (block {b['block']})" for b in best) if best else "-"
+        ppl = [p["enhanced_noise_free_perplexity"] for p in pre
+               if isinstance(p.get("enhanced_noise_free_perplexity"), (int, float))]  # fmt: skip
+        steps = sorted({p["steps"] for p in pre if p.get("steps")})
+        lines.append(
+            f"| {ARMS[arm].title} (`{arm}`) | {len(a['seeds'])} | "
+            f"{', '.join(map(str, steps)) or 0} | {_pm(a['wer'], a['wer_std'])} | "
+            f"{_pm(a['cer'], a['cer_std'])} | {', '.join(f'{w:.1f}' for w in a['wer_per_seed'])} | "
+            f"{mean_of('anchor_pnmi')} | {mean_of('enhanced_pnmi')} | "
+            f"{_fmt(sum(ppl) / len(ppl), '.1f') if ppl else '-'} | {best_txt} |"
+        )
+    lines += ["", "Mean ± standard deviation over seeds. PNMI: the pretrained encoder's labels "
+              "of every dev frame against the true phones (the recipe's last validation; "
+              "`best block`: birq-labels' best conformer block per seed).", ""]  # fmt: skip
+    for s in test_sets:
+        comps = stats["comparisons"].get(s, {})
+        if not comps:
+            continue
+        lines += [f"## Paired differences ({s})", "",
+                  "| comparison | seeds | WER diff (points) | relative | 95 % CI | CER diff | 95 % CI | WER diff per seed |",
+                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for key, c in comps.items():
+            lines.append(
+                f"| {key} | {len(c['seeds'])} | {c['wer_diff']:+.2f} | {c['wer_relative']:+.1%} | "
+                f"[{c['wer_ci95'][0]:+.2f}, {c['wer_ci95'][1]:+.2f}] | {c['cer_diff']:+.2f} | "
+                f"[{c['cer_ci95'][0]:+.2f}, {c['cer_ci95'][1]:+.2f}] | "
+                f"{', '.join(f'{d:+.1f}' for d in c['wer_diff_per_seed'])} |"
+            )
+        lines += ["", "Negative = the first arm has fewer errors. CI: 95 % percentile "
+                  "bootstrap over test utterances (2000 resamples) of the mean over seeds.", ""]  # fmt: skip
+    lines += ["## Reading", "", *reading(stats, main_set), ""]
+    lines += ["![dev WER against fine-tuning step](dev_wer.png)", "",
+              "![test WER per arm](test_wer.png)", "", "## Commands", "", "```bash",
+              " ".join(["python benchmarks/evidence.py", *meta["argv"]]), "```", "",
+              "Wall-clock seconds per run (this machine): "
+              + ", ".join(f"{k} {v:.0f}" for k, v in sorted(meta["wall_s"].items())), ""]  # fmt: skip
+    (out / "REPORT.md").write_text("\n".join(lines))
+
+
+def _plots(results: dict, stats: dict, out: Path, test_set: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from birq_fs2.report import plot_panels
+
+    arms = list(stats["per_arm"])
+    styles = ["o-", "s-", "^-", "d-", "v-", "x-"]
+    lines = []
+    for i, arm in enumerate(arms):
+        curves = [dict(r["dev_wer"]) for r in results["runs"] if r["arm"] == arm and r["dev_wer"]]
+        steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+        mean = [(s, sum(c[s] for c in curves) / len(curves)) for s in steps]
+        lines.append((f"{arm} ({len(curves)} seeds)", styles[i % len(styles)], mean))
+    plot_panels([("Dev WER % (mean over seeds)", lines)], out / "dev_wer.png", "fine-tuning step")
+
+    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(arms), 3.4))
+    for i, arm in enumerate(arms):
+        a = stats["per_arm"][arm][test_set]
+        ax.bar(i, a["wer"], color="#9ecae1", yerr=a["wer_std"] or 0, capsize=4)
+        ax.plot([i] * len(a["wer_per_seed"]), a["wer_per_seed"], "k.", markersize=6)
+    ax.set_xticks(range(len(arms)), arms, rotation=20)
+    ax.set_ylabel(f"test WER % ({test_set})")
+    ax.set_title("Test WER per arm (bar: mean, dots: seeds)")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "test_wer.png", dpi=110)
+    plt.close(fig)
+
+
+# --- main ------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--budget", choices=sorted(BUDGETS), default="full")
+    parser.add_argument("--seeds", help="comma-separated (default: the budget's)")
+    parser.add_argument("--arms", default=DEFAULT_ARMS, help=f"of {', '.join(ARMS)}")
+    parser.add_argument("--corpus", type=Path, help="a LibriSpeech-layout or manifest corpus "
+                        "instead of the synthetic one")  # fmt: skip
+    parser.add_argument("--splits", default="train,dev,test", help="train,dev,test split names")
+    parser.add_argument("--eval-data", nargs="*", default=[], metavar="DIR[:SPLIT]",
+                        help="more test sets to score every final model on")  # fmt: skip
+    parser.add_argument(
+        "--work", type=Path, help="runs, models, corpus (default: evidence-<budget>/)"
+    )
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "evidence")
+    args = parser.parse_args(argv)
+    budget = BUDGETS[args.budget]
+    arms = [a for a in args.arms.split(",") if a]
+    if unknown := [a for a in arms if a not in ARMS]:
+        parser.error(f"unknown arms {unknown}; known: {', '.join(ARMS)}")
+    seeds = [int(s) for s in (args.seeds or budget.seeds).split(",")]
+    work = (args.work or ROOT / f"evidence-{args.budget}").resolve()
+    if args.corpus:
+        train, dev, test = args.splits.split(",")
+        data = Layout(args.corpus.resolve(), train, dev, test)
+    else:
+        data = ensure_corpus(work, budget)
+    test_sets = [("test", data.corpus, data.test)]
+    for spec in args.eval_data:
+        path, _, split = spec.partition(":")
+        test_sets.append(
+            (f"{Path(path).name}{'-' + split if split else ''}", Path(path), split or None)
+        )
+    fraction, labelled, train_hours = labelled_fraction(data, budget.labelled_minutes)
+    wall_file = work / "wall_s.json"
+    walls = json.loads(wall_file.read_text()) if wall_file.exists() else {}
+    meta = {"argv": argv, "labelled_fraction": fraction, "labelled_minutes": labelled,
+            "train_hours": train_hours, "corpus": str(data.corpus)}  # fmt: skip
+    if (work / "plan.json").exists():
+        meta.update(json.loads((work / "plan.json").read_text()))
+    set_names = [s[0] for s in test_sets]
+
+    def report() -> None:
+        results = collect(work, arms, seeds, set_names)
+        if results["runs"]:
+            stats = analyse_results(work, results, set_names)
+            write_report(args.out, work, args.budget, budget, {**meta, "wall_s": walls},
+                         results, stats, set_names)  # fmt: skip
+
+    def timed(key: str, fn, *a):
+        started = time.perf_counter()
+        result = fn(*a)
+        if (elapsed := time.perf_counter() - started) > 1:
+            walls[key] = round(walls.get(key, 0) + elapsed, 1)
+            wall_file.write_text(json.dumps(walls, indent=2) + "\n")
+        return result
+
+    for seed in seeds:
+        for arm in arms:
+            spec = ARMS[arm]
+            encoder = None
+            if spec.pretrain is not None:
+                steps = budget.pretrain_steps
+                if spec.equal_cost:
+                    meta["equal_cost"] = equal_cost_steps(work, data, budget, seeds[0])
+                    steps = meta["equal_cost"]["bestrq_steps"]
+                encoder = timed(
+                    f"pretrain-{arm}-s{seed}", pretrain, work, data, arm, seed, steps, budget
+                )
+                label_analysis(encoder, data, budget)
+            ft = timed(f"finetune-{arm}-s{seed}", finetune, work, data, arm, seed, encoder,
+                       fraction, budget)  # fmt: skip
+            timed(f"eval-{arm}-s{seed}", export_and_score, work, ft, f"{arm}-s{seed}", test_sets)
+            report()
+            print(f"evidence: {arm} seed {seed} done", file=sys.stderr, flush=True)
+    print(args.out / "REPORT.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

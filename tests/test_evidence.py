@@ -1,0 +1,74 @@
+"""benchmarks/evidence.py: its statistics, and its quick plan end to end (resumed too)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+
+import pytest
+import yaml
+from helpers import ROOT, run
+
+
+def _evidence():
+    spec = importlib.util.spec_from_file_location("evidence", ROOT / "benchmarks" / "evidence.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["evidence"] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bootstrap_difference_is_paired_over_seeds_and_utterances():
+    evidence = _evidence()
+    # (word errors, ref words, char errors, ref chars) per utterance; 40 utterances.
+    base = {s: {f"u{i}": (2, 10, 4, 50) for i in range(40)} for s in (0, 1)}
+    same = evidence.bootstrap_difference(base, base)
+    assert same["wer_diff"] == 0 and same["wer_ci95"] == [0, 0] and same["seeds"] == [0, 1]
+    better = {s: {u: (1, 10, 3, 50) for u in base[s]} for s in (0, 1)}
+    c = evidence.bootstrap_difference(better, base)
+    assert c["wer_diff"] == pytest.approx(-10.0) and c["cer_diff"] == pytest.approx(-2.0)
+    assert c["wer_ci95"] == pytest.approx([-10.0, -10.0])  # every utterance differs alike
+    # Half the utterances better, half worse: the mean is 0 and the interval straddles it.
+    mixed = {s: {f"u{i}": (0 if i % 2 else 4, 10, 4, 50) for i in range(40)} for s in (0, 1)}
+    m = evidence.bootstrap_difference(mixed, base)
+    assert m["wer_diff"] == pytest.approx(0.0) and m["wer_ci95"][0] < 0 < m["wer_ci95"][1]
+    # Seeds only in one arm are left out of the pairing.
+    assert evidence.bootstrap_difference({**better, 5: better[0]}, base)["seeds"] == [0, 1]
+
+
+@pytest.mark.slow
+def test_quick_plan_runs_end_to_end_and_resumes(tmp_path):
+    work, out = tmp_path / "work", tmp_path / "out"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "evidence.py"), "--budget", "quick",
+           "--work", str(work), "--out", str(out)]  # fmt: skip
+    proc = run(cmd, timeout=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    result = json.loads((out / "results.json").read_text())
+    arms = ["scratch", "bestrq", "birq", "bestrq_cost"]
+    assert [r["arm"] for r in result["runs"]] == arms
+    for r in result["runs"]:
+        assert 0 <= r["test"]["test"]["cer"] <= 200 and r["test"]["test"]["num_utterances"] > 0
+        assert (work / "models" / f"{r['arm']}-s0" / "model.yaml").exists()  # birq-evaluate --model
+        assert (r["pretrain"] is None) == (r["arm"] == "scratch")
+    birq = next(r for r in result["runs"] if r["arm"] == "birq")["pretrain"]
+    assert 0 <= birq["enhanced_pnmi"] <= 1 and birq["best_layer"]["block"] >= 1
+    assert (
+        result["equal_cost"]["ratio"] > 0 and "bestrq vs scratch" in result["comparisons"]["test"]
+    )
+    # Only the initial encoder differs: one labelled subset, one fine-tuning recipe.
+    datasets = {
+        json.dumps(yaml.safe_load((work / "finetune" / f"{a}-s0" / "config.yaml").read_text())["dataset"])
+        for a in arms
+    }  # fmt: skip
+    assert len(datasets) == 1 and '"train_subset_seed": 0' in datasets.pop()
+    report = (out / "REPORT.md").read_text()
+    assert "Does BEST-RQ beat no pretraining?" in report and "(`bestrq_cost`)" in report
+    assert (out / "dev_wer.png").stat().st_size > 0 and (out / "test_wer.png").stat().st_size > 0
+
+    # The same command again: every run is found finished, nothing is trained again.
+    walls = (work / "wall_s.json").read_text()
+    again = run(cmd, timeout=300)
+    assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
+    assert "pretraining" not in again.stderr and "fine-tuning" not in again.stderr
+    assert (work / "wall_s.json").read_text() == walls
