@@ -528,6 +528,15 @@ def write_report(
     lines += ["", "Mean ± standard deviation over seeds. PNMI: the pretrained encoder's labels "
               "of every dev frame against the true phones (the recipe's last validation; "
               "`best block`: birq-labels' best conformer block per seed).", ""]  # fmt: skip
+    if len(test_sets) > 1:
+        lines += ["## Other test sets (--eval-data)", "",
+                  "| arm | " + " | ".join(f"{s} WER % | {s} CER %" for s in test_sets[1:]) + " |",
+                  "|---|" + "---|---|" * (len(test_sets) - 1)]  # fmt: skip
+        for arm, by_set in stats["per_arm"].items():
+            cells = [f"{_pm(by_set[s]['wer'], by_set[s]['wer_std'])} | "
+                     f"{_pm(by_set[s]['cer'], by_set[s]['cer_std'])}" for s in test_sets[1:]]  # fmt: skip
+            lines.append(f"| `{arm}` | " + " | ".join(cells) + " |")
+        lines.append("")
     for s in test_sets:
         comps = stats["comparisons"].get(s, {})
         if not comps:

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import yaml
-from helpers import ROOT, run
+from helpers import FIXTURES, ROOT, run
 
 
 def _evidence():
@@ -41,7 +41,7 @@ def test_bootstrap_difference_is_paired_over_seeds_and_utterances():
 def test_quick_plan_runs_end_to_end_and_resumes(tmp_path):
     work, out = tmp_path / "work", tmp_path / "out"
     cmd = [sys.executable, str(ROOT / "benchmarks" / "evidence.py"), "--budget", "quick",
-           "--work", str(work), "--out", str(out)]  # fmt: skip
+           "--work", str(work), "--out", str(out), "--eval-data", f"{FIXTURES}:dev-tiny"]  # fmt: skip
     proc = run(cmd, timeout=900)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     result = json.loads((out / "results.json").read_text())
@@ -49,6 +49,7 @@ def test_quick_plan_runs_end_to_end_and_resumes(tmp_path):
     assert [r["arm"] for r in result["runs"]] == arms
     for r in result["runs"]:
         assert 0 <= r["test"]["test"]["cer"] <= 200 and r["test"]["test"]["num_utterances"] > 0
+        assert r["test"]["librispeech-dev-tiny"]["num_utterances"] > 0  # --eval-data
         assert (work / "models" / f"{r['arm']}-s0" / "model.yaml").exists()  # birq-evaluate --model
         assert (r["pretrain"] is None) == (r["arm"] == "scratch")
     birq = next(r for r in result["runs"] if r["arm"] == "birq")["pretrain"]

@@ -237,7 +237,9 @@ def test_instance_label_norm_excludes_padding_and_ignores_the_batch():
             alone[0].var(0, unbiased=False), torch.ones(144), rtol=1e-3, atol=1e-3
         )
     # "layer": the per-frame LayerNorm.
-    layer = build(label_norm="layer").normalize_label_input(hidden, BatchLayout((3, 50), seq_lens=lens))
+    layer = build(label_norm="layer").normalize_label_input(
+        hidden, BatchLayout((3, 50), seq_lens=lens)
+    )
     torch.testing.assert_close(layer, torch.nn.functional.layer_norm(hidden, (144,)))
     x, layout = batch(4)
     out = model(x, layout, BirqStep(tau=1.0, seed=1))
