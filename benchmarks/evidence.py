@@ -200,7 +200,7 @@ def export_and_score(
     from birq_fs2.export import export_checkpoint
 
     model_dir = work / "models" / name
-    if not (model_dir / "model.yaml").exists():
+    if not (model_dir / f"evidence_{name}.yaml").exists():  # the card is written last
         export_checkpoint(finetuned, model_dir, f"evidence_{name}")
     scored = {}
     for set_name, path, split in test_sets:

@@ -50,7 +50,7 @@ def test_quick_plan_runs_end_to_end_and_resumes(tmp_path):
     for r in result["runs"]:
         assert 0 <= r["test"]["test"]["cer"] <= 200 and r["test"]["test"]["num_utterances"] > 0
         assert r["test"]["librispeech-dev-tiny"]["num_utterances"] > 0  # --eval-data
-        assert (work / "models" / f"{r['arm']}-s0" / "model.yaml").exists()  # birq-evaluate --model
+        assert (work / "models" / f"{r['arm']}-s0" / f"evidence_{r['arm']}-s0.yaml").exists()
         assert (r["pretrain"] is None) == (r["arm"] == "scratch")
     birq = next(r for r in result["runs"] if r["arm"] == "birq")["pretrain"]
     assert 0 <= birq["enhanced_pnmi"] <= 1 and birq["best_layer"]["block"] >= 1

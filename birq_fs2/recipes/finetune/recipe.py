@@ -34,6 +34,7 @@ from birq_fs2.metrics import FINETUNE_METRICS, register_metric_descriptors
 from birq_fs2.models.asr import transfer_encoder
 from birq_fs2.models.source import VOCABULARY_FILE, resolve_model
 from birq_fs2.recipes.errors import RunSetupError, check_feature_dims, register_birq_cli_errors
+from birq_fs2.recipes.parallel import log_replica_digest, sync_batch_norm_off_accelerator
 from birq_fs2.scoring import count_errors
 
 from .config import BirqFinetuneConfig
@@ -83,6 +84,9 @@ class BirqFinetuneRecipe(Recipe):
         config = context.get_config_as(BirqFinetuneConfig)
         model = context.get_model_as(Wav2Vec2AsrModel)
         dp_model = context.get_data_parallel_model()
+        sync_batch_norm_off_accelerator(dp_model)
+        log_replica_digest(model, "after setup")
+        log_replica_digest(model.encoder, "of the encoder after setup")
         dataset = context.get_dataset_as(AsrDataset)
         ds = config.dataset
         check_feature_dims(ds.pipeline.num_mel_bins, model)
@@ -212,6 +216,10 @@ class CtcEvalUnit(EvalUnit[Seq2SeqBatch]):
     @override
     def name(self) -> str | None:
         return "valid"
+
+    @override
+    def set_train_step_nr(self, step_nr: int) -> None:
+        log_replica_digest(self._dp_model, f"at step {step_nr}")
 
     @override
     def prepare_metric_bag(self, metric_bag: MetricBag) -> None:

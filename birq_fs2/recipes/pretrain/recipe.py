@@ -46,6 +46,7 @@ from birq_fs2.recipes.errors import (
     check_feature_dims,
     register_birq_cli_errors,
 )
+from birq_fs2.recipes.parallel import log_replica_digest, sync_batch_norm_off_accelerator
 from birq_fs2.seeds import derive_seed
 
 from .config import BirqPretrainConfig, BirqScheduleSection
@@ -64,6 +65,8 @@ class BirqPretrainRecipe(Recipe):
         config = context.get_config_as(BirqPretrainConfig)
         model = context.get_model_as(BirqModel)
         dp_model = context.get_data_parallel_model()
+        sync_batch_norm_off_accelerator(dp_model)
+        log_replica_digest(model, "after setup")
         dataset = context.get_dataset_as(SpeechDataset)
         ds = config.dataset
         check_feature_dims(ds.pipeline.num_mel_bins, model)
@@ -321,6 +324,7 @@ class BirqEvalUnit(EvalUnit[SequenceBatch]):
         self._dp_model, self._model, self._schedule = dp_model, model, schedule
         self._guard = guard or CollapseGuard(schedule.section)
         self._alignments = alignments or {}
+        self._started = False  # the trainer's calls log the replica digest, not this one
         self.set_train_step_nr(1)
 
     @property
@@ -338,6 +342,9 @@ class BirqEvalUnit(EvalUnit[SequenceBatch]):
         # a given step draws the same noise whether or not the run was resumed.
         self._step_nr, self._batch_nr = step_nr, 0
         self._step = self._schedule(step_nr)
+        if self._started:
+            log_replica_digest(self._model, f"at step {step_nr}")
+        self._started = True
         self._frame_labels: dict[str, list[Tensor]] = {}
         self._frame_phones: list[str] = []
 

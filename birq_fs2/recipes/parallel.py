@@ -1,0 +1,109 @@
+"""Data parallelism where fairseq2's defaults assume a GPU.
+
+fairseq2 turns every BatchNorm of a data-parallel model into torch's SyncBatchNorm
+(`to_ddp`, `to_fsdp`), so that batch statistics are those of the global batch; the
+conformer's convolution module has one. torch's SyncBatchNorm runs only on accelerators:
+on CPU processes (gloo) the first training forward stops with "SyncBatchNorm expected
+input tensor to be on GPU or XPU". `sync_batch_norm_off_accelerator` swaps each one whose
+tensors are not on an accelerator for `GlooSyncBatchNorm`, the same computation (global
+batch statistics, gradients through them) over any process group, on the same parameters
+and buffers; on GPUs torch's own stays.
+
+Why this and not plain BatchNorm per process: the ranks' running statistics would drift
+apart (DDP does not broadcast buffers), so validation on rank 1 and the checkpoint (rank
+0's) would disagree. Why not a LayerNorm in the convolution module: the fine-tuning model
+is fairseq2's own `wav2vec2_asr` family, whose factory always puts a BatchNorm there, and
+a different norm would change the architecture to work around a device limitation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+import torch.distributed as dist
+from fairseq2.logging import log
+from torch import Tensor
+from torch.distributed.nn.functional import all_reduce
+from torch.nn import Module, SyncBatchNorm
+from torch.nn.modules.batchnorm import _BatchNorm
+
+SYNC_DEVICES = ("cuda", "hpu", "xpu", "privateuseone")
+"""Devices on which torch's SyncBatchNorm runs (torch.nn.modules.batchnorm)."""
+
+
+class GlooSyncBatchNorm(SyncBatchNorm):
+    """SyncBatchNorm for CPU process groups: the batch mean and variance of every channel
+    are those of all ranks' inputs together (one differentiable all-reduce of the sums),
+    and the running statistics are updated from them, so they stay equal on all ranks."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        group = self.process_group or (dist.group.WORLD if dist.is_initialized() else None)
+        if not self.training or group is None or dist.get_world_size(group) == 1:
+            return _BatchNorm.forward(self, input)  # nothing to synchronise
+        dims = [0, *range(2, input.dim())]
+        count = torch.tensor([input.numel() / input.shape[1]], dtype=input.dtype)
+        local = torch.cat([input.sum(dims), (input * input).sum(dims), count.to(input.device)])
+        total = all_reduce(local, group=group)  # gradients flow back to every rank
+        channels = input.shape[1]
+        n = total[-1]
+        mean = total[:channels] / n
+        var = (total[channels : 2 * channels] / n - mean * mean).clamp_min(0.0)
+        if self.track_running_stats and self.running_mean is not None:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                m = (
+                    self.momentum
+                    if self.momentum is not None
+                    else 1.0 / float(self.num_batches_tracked)
+                )
+                self.running_mean.lerp_(mean.detach(), m)
+                self.running_var.lerp_(var.detach() * n / (n - 1).clamp_min(1.0), m)
+        shape = [1, channels] + [1] * (input.dim() - 2)
+        out = (input - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            out = out * self.weight.view(shape) + self.bias.view(shape)
+        return out
+
+
+def sync_batch_norm_off_accelerator(model: Module) -> int:
+    """Swaps each SyncBatchNorm of `model` whose tensors are not on an accelerator for a
+    GlooSyncBatchNorm sharing its parameters, buffers and process group; returns how many."""
+    swapped = 0
+    for module in model.modules():
+        if type(module) is not SyncBatchNorm:
+            continue
+        tensor = next(module.parameters(), None)
+        if tensor is None:
+            tensor = next(module.buffers(), None)
+        if tensor is not None and tensor.device.type not in SYNC_DEVICES:
+            # Same object, other forward: DDP's hooks and the optimizer keep their tensors.
+            module.__class__ = GlooSyncBatchNorm
+            swapped += 1
+    if swapped:
+        log.info(
+            "birq: {} SyncBatchNorm module(s) on CPU run as GlooSyncBatchNorm (torch's needs "
+            "an accelerator).",
+            swapped,
+        )
+    return swapped
+
+
+def parameter_digest(module: Module) -> str:
+    """A short hash of every parameter and buffer (names, shapes, values): equal on two
+    ranks exactly when their replicas are."""
+    h = hashlib.sha256()
+    for name, tensor in sorted([*module.named_parameters(), *module.named_buffers()]):
+        h.update(name.encode())
+        h.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def log_replica_digest(model: Module, when: str) -> None:
+    """In a multi-process run, each rank logs its replica's digest (logs/rank_N.log): after
+    setup (the broadcast) and at every validation. Ranks out of sync show as different
+    digests at the same step."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        log.info(
+            "birq: replica digest {} (rank {}): {}", when, dist.get_rank(), parameter_digest(model)
+        )

@@ -1,0 +1,175 @@
+"""Data parallelism on CPU processes (gloo): the batch norm of the conformer's convolution
+module, and the recipes on torchrun."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from helpers import finetune_cmd, metrics, pretrain_cmd, run
+from torch.nn import BatchNorm1d, SyncBatchNorm
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _batch_norm_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    from birq_fs2.recipes.parallel import GlooSyncBatchNorm, sync_batch_norm_off_accelerator
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    x = torch.randn(4 * world, 6, 9) * 3 + 1
+    upstream = torch.randn_like(x)
+    model = torch.nn.Sequential(BatchNorm1d(6))
+    with torch.no_grad():
+        model[0].weight.uniform_(0.5, 1.5)
+        model[0].bias.uniform_(-1, 1)
+    model = SyncBatchNorm.convert_sync_batchnorm(model)  # what fairseq2's to_ddp does
+    assert sync_batch_norm_off_accelerator(model) == 1
+    assert type(model[0]) is GlooSyncBatchNorm
+    part = slice(4 * rank, 4 * (rank + 1))
+    mine = x[part].clone().requires_grad_()
+    for _ in range(2):  # two steps: the running statistics follow the global batch
+        mine.grad = None
+        model.zero_grad()
+        y = model(mine)
+        (y * upstream[part]).sum().backward()
+    model.eval()
+    evaluated = model(x[part])
+    torch.save(
+        {"y": y.detach(), "x_grad": mine.grad, "w_grad": model[0].weight.grad,
+         "b_grad": model[0].bias.grad, "running_mean": model[0].running_mean,
+         "running_var": model[0].running_var, "eval": evaluated.detach()},
+        f"{out_dir}/rank_{rank}.pt",
+    )  # fmt: skip
+    dist.destroy_process_group()
+
+
+def test_gloo_sync_batch_norm_matches_batch_norm_of_the_global_batch(tmp_path):
+    """Two CPU ranks with half a batch each compute what one BatchNorm computes on the
+    whole batch: outputs, input gradients, summed parameter gradients, running statistics."""
+    world = 2
+    mp.spawn(_batch_norm_worker, args=(world, _free_port(), str(tmp_path)), nprocs=world)
+    ranks = [torch.load(tmp_path / f"rank_{r}.pt") for r in range(world)]
+
+    torch.manual_seed(0)
+    x = torch.randn(4 * world, 6, 9) * 3 + 1
+    upstream = torch.randn_like(x)
+    bn = BatchNorm1d(6)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-1, 1)
+    whole = x.clone().requires_grad_()
+    for _ in range(2):
+        whole.grad = None
+        bn.zero_grad()
+        y = bn(whole)
+        (y * upstream).sum().backward()
+    bn.eval()
+    close = dict(rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(torch.cat([r["y"] for r in ranks]), y.detach(), **close)
+    torch.testing.assert_close(torch.cat([r["x_grad"] for r in ranks]), whole.grad, **close)
+    torch.testing.assert_close(sum(r["w_grad"] for r in ranks), bn.weight.grad, **close)
+    torch.testing.assert_close(sum(r["b_grad"] for r in ranks), bn.bias.grad, **close)
+    for r in ranks:
+        torch.testing.assert_close(r["running_mean"], bn.running_mean, **close)
+        torch.testing.assert_close(r["running_var"], bn.running_var, **close)
+    torch.testing.assert_close(torch.cat([r["eval"] for r in ranks]), bn(x).detach(), **close)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_sync_batch_norm_stays_on_accelerators():
+    from birq_fs2.recipes.parallel import sync_batch_norm_off_accelerator
+
+    model = SyncBatchNorm.convert_sync_batchnorm(torch.nn.Sequential(BatchNorm1d(4))).cuda()
+    assert sync_batch_norm_off_accelerator(model) == 0 and type(model[0]) is SyncBatchNorm
+
+
+def _torchrun(*args: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+            "2", *args]  # fmt: skip
+
+
+def _digests(run_dir: Path) -> list[dict[str, str]]:
+    """{when: digest} per rank, from the replica digests each rank logs."""
+    out = []
+    for rank in (0, 1):
+        text = (run_dir / "logs" / f"rank_{rank}.log").read_text()
+        found = re.findall(rf"replica digest (.+?) \(rank {rank}\): ([0-9a-f]+)", text)
+        out.append(dict(found))
+    return out
+
+
+@pytest.mark.slow
+def test_two_processes_pretrain_and_finetune_in_sync(tmp_path, corpus):
+    from birq_fs2.evaluation import evaluate
+    from birq_fs2.export import export_checkpoint
+    from birq_fs2.metrics import FINETUNE_METRICS, display
+    from birq_fs2.models.source import resolve_model
+    from birq_fs2.recipes.parallel import parameter_digest
+
+    # BiRQ on 2 CPU processes, crossing refine start (step 2: the enhanced head goes from
+    # unused to used) and two validations.
+    pre = tmp_path / "pretrain"
+    steps = ["regime.num_steps=6", "regime.validate_every_n_steps=3",
+             "regime.checkpoint_every_n_steps=3", "regime.publish_metrics_every_n_steps=1",
+             "lr_scheduler.config.num_warmup_steps=1", "schedule.refine_start_step=2"]  # fmt: skip
+    proc = run(_torchrun(*pretrain_cmd(pre, corpus, *steps)[1:]), OMP_NUM_THREADS="1")
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    rank0, rank1 = _digests(pre)
+    assert set(rank0) == {"after setup", "at step 3", "at step 6"}
+    assert rank0 == rank1  # parameters and buffers (batch-norm statistics) identical
+    assert len(set(rank0.values())) == 3  # and training moved them
+    train = metrics(pre)
+    assert display("enhanced_loss") in train[6] and display("enhanced_loss") not in train[1]
+    assert train[6][display("anchor_loss")] < train[1][display("anchor_loss")]
+
+    # One process resumes the two-process run (world size 2 -> 1).
+    more = [s.replace("num_steps=6", "num_steps=8") for s in steps]
+    proc = run(pretrain_cmd(pre, corpus, *more))
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert (
+        "Restoring training from the last checkpoint at step 6."
+        in (pre / "logs" / "rank_0.log").read_text()
+    )
+    assert max(metrics(pre)) == 8
+
+    # Fine-tuning on 2 processes from that encoder, frozen for 2 of 4 steps: both ranks
+    # hold the pretrained encoder after setup (rank 0 loads it, DDP broadcasts it).
+    ft = tmp_path / "finetune"
+    proc = run(_torchrun(*finetune_cmd(
+        ft, corpus, f"pretrained.model={pre}", "pretrained.freeze_encoder_for_n_steps=2",
+        "regime.num_steps=4", "regime.validate_every_n_steps=4", "regime.checkpoint_every_n_steps=4",
+        "regime.publish_metrics_every_n_steps=1",
+        # Deterministic features and no length filter: validation and birq-evaluate then
+        # decode exactly the same inputs.
+        "dataset.pipeline.dither=0", "dataset.pipeline.min_frames=1",
+    )[1:]), OMP_NUM_THREADS="1")  # fmt: skip
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    rank0, rank1 = _digests(ft)
+    assert rank0 == rank1 and set(rank0) >= {
+        "after setup",
+        "of the encoder after setup",
+        "at step 4",
+    }
+    pretrained = resolve_model(str(pre)).load()
+    assert rank0["of the encoder after setup"] == parameter_digest(pretrained.encoder)
+
+    # The exported model, scored in one process, has the WER the two ranks' validation
+    # computed together on the same checkpoint.
+    export_checkpoint(ft, tmp_path / "asr", "dist_asr", step=4)
+    summary, _ = evaluate(str(tmp_path / "asr"), corpus, "dev", None, torch.device("cpu"))
+    valid = metrics(ft, "valid")[4]
+    assert summary["wer"] == pytest.approx(valid[display("wer", FINETUNE_METRICS)], abs=0.01)
