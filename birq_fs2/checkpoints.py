@@ -14,6 +14,7 @@ what ``model.state_dict()`` of the unsharded model would be.
 
 from __future__ import annotations
 
+import pickle
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -118,8 +119,36 @@ def load_model_state(
 ) -> dict[str, Tensor]:
     """The unsharded model state of `step` (keys and shapes of `reference`)."""
     files = model_state_files(run_dir, step)
-    shards = [torch.load(f, map_location="cpu", weights_only=True) for f in files]
+    shards = []
+    for f in files:
+        try:
+            shards.append(torch.load(f, map_location="cpu", weights_only=True))
+        except pickle.UnpicklingError as ex:
+            raise CheckpointError(f"{f}: {refused_pickle(ex)}") from None
     return merge_shards(shards, reference, files[0].parent)
+
+
+def unpickling_error(ex: BaseException) -> pickle.UnpicklingError | None:
+    """The UnpicklingError behind `ex` (fairseq2 wraps torch.load's), if any."""
+    seen: set[int] = set()
+    cause: BaseException | None = ex
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, pickle.UnpicklingError):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
+def refused_pickle(ex: pickle.UnpicklingError) -> str:
+    """Why a weights file was not loaded: it holds more than tensors, and unpickling those
+    objects could run code. Every model load here is tensors-only (weights_only)."""
+    blocked = re.search(r"GLOBAL (\S+)", str(ex))
+    what = f" ({blocked.group(1)})" if blocked else ""
+    return (
+        f"refused: the file holds Python objects other than tensors{what}, which could run "
+        "code when unpickled; only tensors are loaded. Re-export the model from a run you trust."
+    )
 
 
 def step_dir_name(run_dir: Path, step: int) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -276,3 +277,59 @@ def test_model_errors_are_one_line(tmp_path, pretrained, capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert words in err and len(err.splitlines()) == 1 and "Traceback" not in err, err
+
+
+class _Payload:
+    """Unpickled without weights_only, this makes a folder: proof that code ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (str(self.marker),))
+
+
+def _poison(weights: Path, marker: Path) -> None:
+    state = dict(torch.load(weights, weights_only=True)) if weights.suffix == ".pt" else {}
+    if weights.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(weights))
+        weights.unlink()
+        weights = weights.with_suffix(".pt")
+    state["payload"] = _Payload(marker)
+    torch.save(state, weights)
+
+
+def test_weights_that_would_run_code_are_refused(tmp_path, corpus, pretrained, finetuned, capsys):
+    from birq_fs2.checkpoints import checkpoint_steps, model_state_files
+    from birq_fs2.cli.export import main as export_main
+    from birq_fs2.cli.transcribe import main as transcribe_main
+
+    marker = tmp_path / "payload-ran"
+    # A run folder whose model checkpoint carries a payload: birq-export and the
+    # fine-tuning encoder transfer refuse it, naming the file.
+    run_dir = tmp_path / "run"
+    shutil.copytree(pretrained, run_dir)
+    (weights,) = model_state_files(run_dir, max(checkpoint_steps(run_dir)))
+    _poison(weights, marker)
+    assert export_main([str(run_dir), str(tmp_path / "out"), "--name", "x"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{weights}: refused" in err and len(err.splitlines()) == 1, err
+    proc = run(finetune_cmd(tmp_path / "ft", corpus, f"pretrained.model={run_dir}"))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "refused" in out and "Traceback" not in out, out[-3000:]
+
+    # A card folder (what --model takes) whose weights file is such a pickle.
+    card_dir = tmp_path / "card"
+    assert export_main([str(finetuned), str(card_dir), "--name", "asr"]) == 0
+    card = yaml.safe_load((card_dir / "asr.yaml").read_text())
+    _poison(card_dir / card["checkpoint"], marker)
+    card["checkpoint"] = "asr.pt"
+    (card_dir / "asr.yaml").write_text(yaml.safe_dump(card))
+    capsys.readouterr()
+    audio = next(FIXTURES.glob("dev-tiny/*/*/100-1000-0000.flac"))
+    assert transcribe_main([str(audio), "--model", str(card_dir)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{card_dir / 'asr.pt'}: refused" in err and len(err.splitlines()) == 1, err
+    assert not marker.exists()  # no payload ran anywhere

@@ -38,7 +38,9 @@ from birq_fs2.checkpoints import (
     CheckpointError,
     load_model_state,
     model_state_files,
+    refused_pickle,
     select_step,
+    unpickling_error,
 )
 from birq_fs2.data.audio import FbankConfig
 from birq_fs2.data.vocab import CharVocabulary
@@ -77,6 +79,9 @@ class ModelSource:
         except CheckpointError as ex:
             raise ModelSourceError(str(ex)) from None
         except Exception as ex:  # noqa: BLE001 - fairseq2 raises several kinds
+            if (unpickling := unpickling_error(ex)) is not None:
+                checkpoint = self.card.field("checkpoint").as_uri().to_path()
+                raise ModelSourceError(f"{checkpoint}: {refused_pickle(unpickling)}") from None
             raise ModelSourceError(f"{self.spec}: cannot be loaded ({ex})") from ex
         return model.eval()
 
