@@ -102,6 +102,26 @@ def test_manifest_cli_with_valid_split(tmp_path, corpus):
     assert (tmp_path / "dict.ltr.txt").exists()
 
 
+def test_manifest_cli_names_every_unusable_file_and_keeps_the_rest(tmp_path, capsys):
+    subset = tmp_path / "dev-tiny"
+    shutil.copytree(FIXTURES / "dev-tiny", subset)
+    chapter = subset / "100" / "1000"
+    good = (chapter / "100-1000-0000.flac").read_bytes()
+    (chapter / "100-1000-0006.flac").write_bytes(good[: len(good) // 2])  # cut mid-stream
+    assert birq_data(["manifest", str(subset), "--dest", str(tmp_path / "m"), "--quiet"]) == 1
+    out, err = capsys.readouterr()
+    for name, kind in [("0003", "corrupt"), ("0004", "empty"), ("0006", "corrupt")]:
+        assert f"{kind}" in out and str(chapter / f"100-1000-{name}.flac") in out, out
+    assert "3 of 7 files left out of the manifest" in err and "Traceback" not in err
+    kept = [u.path.name for u in read_manifest(tmp_path / "m", "dev-tiny")]
+    assert kept == [
+        "100-1000-0000.flac",
+        "100-1000-0001.flac",
+        "100-1000-0002.wav",
+        "100-1000-0005.flac",
+    ]
+
+
 def test_bad_manifest_errors_name_the_file(tmp_path):
     with pytest.raises(CorpusError, match=r"train\.tsv: no such manifest"):
         read_manifest(tmp_path, "train")

@@ -22,14 +22,37 @@ from birq_fs2.data.corpus import (
 )
 from birq_fs2.data.vocab import CharVocabulary
 
+UNUSABLE = ("unreadable", "corrupt", "empty", "truncated")
+"""Problems (birq_fs2.data.check's names) that keep a file out of a manifest."""
+
 
 def _manifest(args: argparse.Namespace) -> int:
+    from rich.progress import Progress
+
+    from birq_fs2.data.check import check_utterances, header_problems
+
     src: Path = args.librispeech_dir.resolve()
     if not is_librispeech_subset(src):
         raise CorpusError(f"{src}: not a LibriSpeech subset folder (<speaker>/<chapter>/*.flac).")
     problems: list[tuple[str, str]] = []
     utts = scan_librispeech(src, problems=problems)
-    utts = [replace(u, num_samples=header_num_samples(u.path)) for u in utts]
+    # Every file is looked at before anything is written: all the bad ones are named in
+    # one run (decoding finds truncated files too; --header-only reads headers alone).
+    if args.header_only:
+        found = header_problems(utts)
+    else:
+        with Progress(disable=args.quiet) as bar:
+            job = bar.add_task(f"decoding {src.name}", total=len(utts))
+            found = check_utterances(
+                utts, min_frames=0, need_transcripts=False, on_progress=lambda: bar.advance(job)
+            )
+    unusable = [p for p in found if p.kind in UNUSABLE]
+    bad = {p.path for p in unusable}
+    utts = [
+        replace(u, num_samples=header_num_samples(u.path)) for u in utts if str(u.path) not in bad
+    ]
+    if not utts:
+        raise CorpusError(f"{src}: no readable audio file ({len(bad)} unusable).")
     split = args.split or src.name
     if args.valid_percent > 0:
         rng = random.Random(args.seed)
@@ -53,7 +76,16 @@ def _manifest(args: argparse.Namespace) -> int:
         )
     for path, message in problems:
         print(f"warning: {path}: {message}", file=sys.stderr)
-    return 0
+    for p in unusable:
+        print(p)
+    if unusable:
+        counts = Counter(p.kind for p in unusable)
+        summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+        print(
+            f"{len(bad)} of {len(bad) + len(utts)} files left out of the manifest ({summary}).",
+            file=sys.stderr,
+        )
+    return 1 if unusable else 0
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -120,6 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", help="manifest name (default: the subset folder's name)")
     p.add_argument("--valid-percent", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument(
+        "--header-only", action="store_true",
+        help="read file headers only (faster; does not find truncated files)",
+    )  # fmt: skip
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(fn=_manifest)
 
     p = sub.add_parser(

@@ -97,6 +97,24 @@ def check_utterances(
     return problems
 
 
+def header_problems(utterances: Sequence[Utterance]) -> list[Problem]:
+    """Unreadable and empty files, from their headers alone (no decoding)."""
+    problems = []
+    for u in utterances:
+        path = str(u.path)
+        if not u.path.exists():
+            problems.append(Problem(path, "unreadable", "cannot be read: no such file"))
+        elif u.path.stat().st_size == 0:
+            problems.append(Problem(path, "empty", "empty file (0 bytes)"))
+        else:
+            try:
+                if soundfile.info(path).frames == 0:
+                    problems.append(Problem(path, "empty", "no audio samples"))
+            except RuntimeError as ex:
+                problems.append(Problem(path, "corrupt", f"header cannot be read ({ex})"))
+    return problems
+
+
 def alignment_files(utterances: Iterable[Utterance], subset_dir: Path | None = None) -> list[Path]:
     """The ``*.phones.txt`` next to the utterances' audio, and under `subset_dir`
     (``<spk>/<chapter>/``) when it is a LibriSpeech subset; sorted."""
