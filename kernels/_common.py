@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Mapping
 from typing import Literal
@@ -133,7 +134,19 @@ def select_backend(table: Mapping[str, Callable], backend: str, device: torch.de
     `table` maps each concrete backend ("reference", "chunked", "triton") to one
     function with the op's signature, so adding a backend is one entry per op.
     """
-    return table[resolve_backend(backend, device)]
+    return _without_autocast(table[resolve_backend(backend, device)], device)
+
+
+def _without_autocast(fn: Callable, device: torch.device) -> Callable:
+    # The ops compute in fp32 by contract. Under autocast (mixed-precision training)
+    # their matmuls would run in bf16/fp16, change labels near ties and, on the CPU
+    # path, fail to write into the fp32 buffers.
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        with torch.autocast(device.type, enabled=False):
+            return fn(*args, **kwargs)
+
+    return run
 
 
 def project_normalize(

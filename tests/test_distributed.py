@@ -3,6 +3,7 @@ module, and the recipes on torchrun."""
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import socket
@@ -173,3 +174,27 @@ def test_two_processes_pretrain_and_finetune_in_sync(tmp_path, corpus):
     summary, _ = evaluate(str(tmp_path / "asr"), corpus, "dev", None, torch.device("cpu"))
     valid = metrics(ft, "valid")[4]
     assert summary["wer"] == pytest.approx(valid[display("wer", FINETUNE_METRICS)], abs=0.01)
+
+
+@pytest.mark.slow
+def test_bf16_mixed_precision_recipes_on_cpu(tmp_path, corpus):
+    """The presets' mixed precision (bf16 autocast) on a CPU: pretraining across refine
+    start and fine-tuning from it run with finite losses. (bf16 matmuls are slow on
+    CPUs without AMX: tiny batches, two steps each.)"""
+    common = ["trainer.mixed_precision.mode=auto", "trainer.mixed_precision.dtype=bfloat16",
+              "dataset.pipeline.max_frames=300", "dataset.pipeline.max_frames_per_batch=900",
+              "dataset.valid_split=null", "regime.num_steps=2", "regime.checkpoint_every_n_steps=2",
+              "regime.publish_metrics_every_n_steps=1", "regime.validate_every_n_steps=2"]  # fmt: skip
+    pre = tmp_path / "pretrain"
+    proc = run(pretrain_cmd(pre, corpus, *common, "lr_scheduler.config.num_warmup_steps=1",
+                            "schedule.refine_start_step=1"))  # fmt: skip
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    rows = metrics(pre)
+    assert all(math.isfinite(r["Loss"]) for r in rows.values())
+    assert "Enhanced Loss" in rows[2]  # the Gumbel path ran in bf16
+    ft = tmp_path / "finetune"
+    proc = run(finetune_cmd(ft, corpus, *common, f"pretrained.model={pre}",
+                            "dataset.pipeline.min_frames=10"))  # fmt: skip
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    ctc = [r["CTC Loss"] for r in metrics(ft).values()]
+    assert len(ctc) == 2 and all(math.isfinite(v) for v in ctc)

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from birq_kernels import rpq_labels
 from fairseq2.nn import BatchLayout
 from fairseq2.nn.utils.module import reset_non_persistent_buffers, to_empty
 from helpers import python
@@ -265,3 +266,32 @@ def test_diversity_weight_adds_the_codebook_diversity_loss():
     torch.testing.assert_close(b.loss, a.loss + 0.5 * b.diversity_loss * b.num_targets)
     # Its gradient reaches the label generator (block 1) through the code softmax.
     assert not torch.allclose(grads[0.0], grads[0.5])
+
+
+@pytest.mark.parametrize("label_grad", ["stop", "st"])
+def test_bf16_autocast_keeps_the_labels_and_finite_gradients(label_grad):
+    """The presets' mixed precision (bf16 autocast): the quantizers compute in fp32 (the
+    anchor labels are those of fp32 on the same input), losses and every gradient of the
+    Gumbel path are finite."""
+    model = build(label_grad=label_grad)
+    x, layout = batch(5)
+    step = BirqStep(tau=1.0, seed=2)
+    torch.manual_seed(0)
+    ref = model(x, layout, step)
+    torch.manual_seed(0)  # the same mask
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x, layout, step)
+    assert torch.equal(out.anchor_labels, ref.anchor_labels)
+    assert torch.isfinite(out.loss) and torch.isfinite(out.enhanced_loss)
+    out.loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert "enhanced_head.weight" in grads
+    assert all(torch.isfinite(g).all() for g in grads.values())
+    # The enhanced quantizer on bf16 activations: the labels of the same values in fp32.
+    hidden = torch.randn(64, 144).to(torch.bfloat16)
+    q = model.enhanced_quantizer
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = rpq_labels(hidden, q.projection, q.codebook, check_codebook_norm=False)
+    assert torch.equal(
+        low, rpq_labels(hidden.float(), q.projection, q.codebook, check_codebook_norm=False)
+    )
