@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -121,6 +122,10 @@ def load_model_state(
     files = model_state_files(run_dir, step)
     shards = []
     for f in files:
+        if (damage := damaged(f)) is not None:
+            others = [s for s in checkpoint_steps(run_dir) if s != step]
+            hint = f" Other steps on disk: {', '.join(map(str, others))}." if others else ""
+            raise CheckpointError(f"{f}: {damage}.{hint}")
         try:
             shards.append(torch.load(f, map_location="cpu", weights_only=True))
         except pickle.UnpicklingError as ex:
@@ -155,3 +160,44 @@ def step_dir_name(run_dir: Path, step: int) -> str:
     """How an exported card names its origin: the run folder's name and the step, not the
     exporting machine's absolute path (a card is meant to be shared)."""
     return f"{Path(run_dir).resolve().name}/{CHECKPOINTS_DIR}/step_{step}"
+
+
+def damaged(file: Path) -> str | None:
+    """Why a checkpoint file (torch.save's zip format) cannot be read whole: missing, empty,
+    truncated or with a member whose CRC does not match; None when it reads whole. Reads
+    every byte but unpickles nothing."""
+    try:
+        with zipfile.ZipFile(file) as archive:
+            bad = archive.testzip()
+    except FileNotFoundError:
+        return "missing"
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as ex:
+        size = file.stat().st_size if file.exists() else 0
+        return f"damaged checkpoint file ({'empty' if size == 0 else 'truncated or corrupt'}: {ex})"
+    if bad is not None:
+        return f"damaged checkpoint file (member {bad} fails its CRC check)"
+    return None
+
+
+def set_aside_damaged_steps(run_dir: Path) -> list[str]:
+    """Before a resume: while the last checkpoint has a damaged file (a write cut short by
+    a full disk, a copy gone wrong), rename its folder to ``step_N.damaged`` (kept, so
+    nothing is lost; fairseq2 ignores it) so that training resumes from the step before.
+    Returns one message per step set aside."""
+    notes = []
+    ckpt = Path(run_dir) / CHECKPOINTS_DIR
+    for step in reversed(checkpoint_steps(run_dir)):
+        step_dir = ckpt / f"step_{step}"
+        problems = [(f, why) for f in sorted(step_dir.rglob("*.pt")) if (why := damaged(f))]
+        if not problems:
+            break
+        target = step_dir.with_name(f"step_{step}.damaged")
+        n = 1
+        while target.exists():
+            n += 1
+            target = step_dir.with_name(f"step_{step}.damaged{n}")
+        step_dir.rename(target)
+        file, why = problems[0]
+        more = f" (and {len(problems) - 1} more files)" if len(problems) > 1 else ""
+        notes.append(f"{file}: {why}{more}; step {step} set aside as {target.name}")
+    return notes

@@ -6,16 +6,23 @@ from __future__ import annotations
 import math
 import os
 import re
+import shutil
+import signal
 import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from helpers import finetune_cmd, metrics, pretrain_cmd, run
+from helpers import ENV, finetune_cmd, metrics, pretrain_cmd, run
 from torch.nn import BatchNorm1d, SyncBatchNorm
+
+from birq_fs2.checkpoints import checkpoint_steps, model_state_files
 
 
 def _free_port() -> int:
@@ -198,3 +205,78 @@ def test_bf16_mixed_precision_recipes_on_cpu(tmp_path, corpus):
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     ctc = [r["CTC Loss"] for r in metrics(ft).values()]
     assert len(ctc) == 2 and all(math.isfinite(v) for v in ctc)
+
+
+def _wait_for(path: Path, text: str, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if path.exists() and text in path.read_text():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{text!r} never appeared in {path} (exit {proc.poll()})")
+
+
+@pytest.mark.slow
+def test_faults_kill_half_written_and_damaged_checkpoints_and_sigterm(tmp_path, corpus):
+    from birq_fs2.cli.export import main as export_main
+
+    out = tmp_path / "run"
+    log0 = out / "logs" / "rank_0.log"
+    steps = ["regime.validate_every_n_steps=6", "regime.checkpoint_every_n_steps=3",
+             "regime.publish_metrics_every_n_steps=1", "lr_scheduler.config.num_warmup_steps=1",
+             "schedule.refine_start_step=2"]  # fmt: skip
+
+    def cmd(num_steps: int) -> list[str]:
+        return _torchrun(*pretrain_cmd(out, corpus, f"regime.num_steps={num_steps}", *steps)[1:])
+
+    def start(num_steps: int) -> subprocess.Popen:
+        return subprocess.Popen(cmd(num_steps), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env={**ENV, "OMP_NUM_THREADS": "1"}, start_new_session=True)  # fmt: skip
+
+    # kill -9 of both ranks and the agent mid-run.
+    proc = start(12)
+    _wait_for(log0, "Checkpoint at step 3 saved", proc)
+    agent = psutil.Process(proc.pid)
+    for p in [*agent.children(recursive=True), agent]:  # workers run in their own sessions
+        p.kill()
+    proc.wait(timeout=60)
+    last = max(checkpoint_steps(out))
+    # A checkpoint whose write was cut short stays a step_N.tmp folder (fairseq2 renames it
+    # when complete): here one with a truncated file, which must never be loaded.
+    half = out / "checkpoints" / "step_99.tmp"
+    shutil.copytree(out / "checkpoints" / f"step_{last}", half)
+    for f in half.rglob("*.pt"):
+        f.write_bytes(f.read_bytes()[:100])
+    proc = run(cmd(12), OMP_NUM_THREADS="1")
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert f"Restoring training from the last checkpoint at step {last}." in log0.read_text()
+    rank0, rank1 = _digests(out)
+    assert rank0["at step 12"] == rank1["at step 12"]
+
+    # SIGTERM to torchrun (what a scheduler sends): every rank stops after the same step
+    # with a checkpoint of it, the exit status says so, and the run resumes from it.
+    proc = start(40)
+    _wait_for(out / "metrics" / "train.jsonl", '"Step": 14,', proc)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=120)
+    assert proc.returncode != 0
+    stopped = [int(m) for m in re.findall(r"birq: stopping after step (\d+)", log0.read_text())]
+    rank1_log = (out / "logs" / "rank_1.log").read_text()
+    assert stopped and f"birq: stopping after step {stopped[-1]}" in rank1_log
+    assert max(checkpoint_steps(out)) == stopped[-1] and stopped[-1] % 3 != 0
+
+    # A damaged file in the last checkpoint: birq-export names it; a resume sets the step
+    # aside (kept as step_N.damaged) and goes on from the step before.
+    (weights,) = model_state_files(out, stopped[-1])
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    assert (
+        export_main([str(out), str(tmp_path / "exp"), "--name", "x", "--step", str(stopped[-1])])
+        == 2
+    )
+    proc = run(pretrain_cmd(out, corpus, f"regime.num_steps={stopped[-1] + 2}", *steps))
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    text = log0.read_text()
+    assert f"{weights}: damaged checkpoint file" in text and f"step_{stopped[-1]}.damaged" in text
+    previous = max(s for s in range(3, stopped[-1], 3))
+    assert f"Restoring training from the last checkpoint at step {previous}." in text
+    assert (out / "checkpoints" / f"step_{stopped[-1]}.damaged").is_dir()

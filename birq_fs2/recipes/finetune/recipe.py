@@ -35,6 +35,7 @@ from birq_fs2.models.asr import transfer_encoder
 from birq_fs2.models.source import VOCABULARY_FILE, resolve_model
 from birq_fs2.recipes.errors import RunSetupError, check_feature_dims, register_birq_cli_errors
 from birq_fs2.recipes.parallel import log_replica_digest, sync_batch_norm_off_accelerator
+from birq_fs2.recipes.resume import GracefulStop, set_aside_damaged_checkpoints
 from birq_fs2.scoring import count_errors
 
 from .config import BirqFinetuneConfig
@@ -83,6 +84,7 @@ class BirqFinetuneRecipe(Recipe):
     def create_task(self, context: RecipeContext) -> Task:
         config = context.get_config_as(BirqFinetuneConfig)
         model = context.get_model_as(Wav2Vec2AsrModel)
+        set_aside_damaged_checkpoints(context)
         dp_model = context.get_data_parallel_model()
         sync_batch_norm_off_accelerator(dp_model)
         log_replica_digest(model, "after setup")
@@ -109,7 +111,8 @@ class BirqFinetuneRecipe(Recipe):
             sum(p.numel() for p in model.parameters()), len(vocab), ds.train_fraction, ds.train_split,
         )  # fmt: skip
         freeze = config.pretrained.freeze_encoder_for_n_steps if config.pretrained.model else 0
-        unit = CtcTrainUnit(dp_model, model, stats, freeze)
+        stop = GracefulStop(context.gangs)
+        unit = CtcTrainUnit(dp_model, model, stats, freeze, stop)
         valid_units, valid_readers = [], []
         if ds.valid_split is not None:
             valid_units.append(CtcEvalUnit(dp_model, vocab))
@@ -118,7 +121,7 @@ class BirqFinetuneRecipe(Recipe):
                     ds.valid_split, context.gangs, ds.pipeline, seed=config.common.seed + 1
                 )
             )
-        return context.create_trainer(unit, train_reader, valid_units, valid_readers)
+        return stop.install(context.create_trainer(unit, train_reader, valid_units, valid_readers))
 
     @override
     def has_static_autograd_graph(self, context: RecipeContext) -> bool:
@@ -150,15 +153,22 @@ def _save_vocabulary(vocab: CharVocabulary, context: RecipeContext, data_path: o
 @final
 class CtcTrainUnit(TrainUnit[Seq2SeqBatch]):
     def __init__(
-        self, dp_model: Module, model: Wav2Vec2AsrModel, stats: DataStats, freeze_for_n_steps: int
+        self,
+        dp_model: Module,
+        model: Wav2Vec2AsrModel,
+        stats: DataStats,
+        freeze_for_n_steps: int,
+        stop: GracefulStop | None = None,
     ) -> None:
-        self._dp_model, self._model, self._stats = dp_model, model, stats
+        self._dp_model, self._model, self._stats, self._stop = dp_model, model, stats, stop
         self._freeze_for_n_steps = freeze_for_n_steps
         self._step_nr = 0
         self._frozen: bool | None = None
 
     @override
     def set_step_nr(self, step_nr: int) -> None:
+        if self._stop is not None:
+            self._stop.poll(step_nr)
         self._step_nr = step_nr
         frozen = step_nr <= self._freeze_for_n_steps
         if frozen:

@@ -47,6 +47,7 @@ from birq_fs2.recipes.errors import (
     register_birq_cli_errors,
 )
 from birq_fs2.recipes.parallel import log_replica_digest, sync_batch_norm_off_accelerator
+from birq_fs2.recipes.resume import GracefulStop, set_aside_damaged_checkpoints
 from birq_fs2.seeds import derive_seed
 
 from .config import BirqPretrainConfig, BirqScheduleSection
@@ -64,6 +65,7 @@ class BirqPretrainRecipe(Recipe):
     def create_task(self, context: RecipeContext) -> Task:
         config = context.get_config_as(BirqPretrainConfig)
         model = context.get_model_as(BirqModel)
+        set_aside_damaged_checkpoints(context)
         dp_model = context.get_data_parallel_model()
         sync_batch_norm_off_accelerator(dp_model)
         log_replica_digest(model, "after setup")
@@ -85,7 +87,8 @@ class BirqPretrainRecipe(Recipe):
             config.schedule, config.regime.num_steps, config.common.seed, context.gangs.dp.rank
         )
         guard = CollapseGuard(config.schedule)
-        unit = BirqTrainUnit(dp_model, model, schedule, stats, guard)
+        stop = GracefulStop(context.gangs)
+        unit = BirqTrainUnit(dp_model, model, schedule, stats, guard, stop)
         valid_units, valid_readers = [], []
         if ds.valid_split is not None:
             valid_audio = (u.path for u in dataset.utterances(ds.valid_split))
@@ -101,7 +104,7 @@ class BirqPretrainRecipe(Recipe):
                     ds.valid_split, context.gangs, ds.pipeline, seed=config.common.seed + 1
                 )
             )
-        return context.create_trainer(unit, train_reader, valid_units, valid_readers)
+        return stop.install(context.create_trainer(unit, train_reader, valid_units, valid_readers))
 
     @override
     def has_static_autograd_graph(self, context: RecipeContext) -> bool:
@@ -267,8 +270,10 @@ class BirqTrainUnit(TrainUnit[SequenceBatch]):
         schedule: StepSchedule,
         stats: DataStats,
         guard: CollapseGuard | None = None,
+        stop: GracefulStop | None = None,
     ) -> None:
         self._dp_model, self._model, self._schedule, self._stats = dp_model, model, schedule, stats
+        self._stop = stop
         self._guard = guard or CollapseGuard(schedule.section)
         self.set_step_nr(1)
 
@@ -278,6 +283,8 @@ class BirqTrainUnit(TrainUnit[SequenceBatch]):
 
     @override
     def set_step_nr(self, step_nr: int) -> None:
+        if self._stop is not None:
+            self._stop.poll(step_nr)
         self._step_nr, self._batch_nr = step_nr, 0
         self._step = self._schedule(step_nr)
 
