@@ -280,3 +280,14 @@ def test_faults_kill_half_written_and_damaged_checkpoints_and_sigterm(tmp_path, 
     previous = max(s for s in range(3, stopped[-1], 3))
     assert f"Restoring training from the last checkpoint at step {previous}." in text
     assert (out / "checkpoints" / f"step_{stopped[-1]}.damaged").is_dir()
+
+
+@pytest.mark.slow
+def test_fsdp_on_cpu_processes_stops_at_setup_with_the_reason(tmp_path, corpus):
+    proc = run(
+        _torchrun(*pretrain_cmd(tmp_path / "run", corpus, "trainer.data_parallelism=fsdp")[1:]),
+        OMP_NUM_THREADS="1",
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "exitcode  : 2" in out, out[-3000:]
+    assert "fsdp does not run on CPU processes" in out and "use ddp on CPUs" in out

@@ -25,8 +25,11 @@ import torch.distributed as dist
 from fairseq2.logging import log
 from torch import Tensor
 from torch.distributed.nn.functional import all_reduce
+from torch.distributed.tensor import DTensor
 from torch.nn import Module, SyncBatchNorm
 from torch.nn.modules.batchnorm import _BatchNorm
+
+from birq_fs2.recipes.errors import RunSetupError
 
 SYNC_DEVICES = ("cuda", "hpu", "xpu", "privateuseone")
 """Devices on which torch's SyncBatchNorm runs (torch.nn.modules.batchnorm)."""
@@ -94,8 +97,11 @@ def parameter_digest(module: Module) -> str:
     ranks exactly when their replicas are."""
     h = hashlib.sha256()
     for name, tensor in sorted([*module.named_parameters(), *module.named_buffers()]):
+        tensor = tensor.detach()
+        if isinstance(tensor, DTensor):  # FSDP2 shards: the whole tensor (a collective)
+            tensor = tensor.full_tensor()
         h.update(name.encode())
-        h.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+        h.update(tensor.float().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
 
 
@@ -106,4 +112,20 @@ def log_replica_digest(model: Module, when: str) -> None:
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         log.info(
             "birq: replica digest {} (rank {}): {}", when, dist.get_rank(), parameter_digest(model)
+        )
+
+
+def check_data_parallelism(data_parallelism: str, device_type: str, world_size: int) -> None:
+    """FSDP on CPU processes stops at setup with the reason, not mid-step with a traceback.
+
+    What fails (fairseq2 0.8.1, torch 2.9.1, gloo): `to_fsdp2` shards the model with
+    `fully_shard` and only then converts BatchNorm to SyncBatchNorm, so the conformer's
+    batch-norm parameters stay DTensors that FSDP never unshards in forward ("aten.mul.
+    Tensor: got mixed torch.Tensor and DTensor"). Gathering them in forward gets training
+    through but validation then fails inside DTensor redistribution ("aten.detach_ does
+    not have a sharding strategy"). FSDP is for GPUs; on CPUs, use ddp."""
+    if data_parallelism == "fsdp" and device_type == "cpu" and world_size > 1:
+        raise RunSetupError(
+            "trainer.data_parallelism: fsdp does not run on CPU processes (the conformer's batch "
+            "norm stays sharded in forward under FSDP2 with gloo); use ddp on CPUs, fsdp on GPUs."
         )

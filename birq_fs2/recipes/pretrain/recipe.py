@@ -46,7 +46,11 @@ from birq_fs2.recipes.errors import (
     check_feature_dims,
     register_birq_cli_errors,
 )
-from birq_fs2.recipes.parallel import log_replica_digest, sync_batch_norm_off_accelerator
+from birq_fs2.recipes.parallel import (
+    check_data_parallelism,
+    log_replica_digest,
+    sync_batch_norm_off_accelerator,
+)
 from birq_fs2.recipes.resume import GracefulStop, set_aside_damaged_checkpoints
 from birq_fs2.seeds import derive_seed
 
@@ -65,6 +69,9 @@ class BirqPretrainRecipe(Recipe):
     def create_task(self, context: RecipeContext) -> Task:
         config = context.get_config_as(BirqPretrainConfig)
         model = context.get_model_as(BirqModel)
+        check_data_parallelism(
+            config.trainer.data_parallelism, context.device.type, context.gangs.root.size
+        )
         set_aside_damaged_checkpoints(context)
         dp_model = context.get_data_parallel_model()
         sync_batch_norm_off_accelerator(dp_model)
