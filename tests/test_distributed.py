@@ -290,4 +290,5 @@ def test_fsdp_on_cpu_processes_stops_at_setup_with_the_reason(tmp_path, corpus):
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "exitcode  : 2" in out, out[-3000:]
-    assert "fsdp does not run on CPU processes" in out and "use ddp on CPUs" in out
+    log = (tmp_path / "run" / "logs" / "rank_0.log").read_text()
+    assert "fsdp does not run on CPU processes" in log and "use ddp on CPUs" in log
