@@ -407,6 +407,25 @@ def test_truncated_audio_and_non_utf8_transcripts(tmp_path, capsys):
     assert stats.counts == {"corrupt": 1}
 
 
+def test_audio_deleted_or_truncated_after_the_manifest_is_skipped_counted_and_named(tmp_path):
+    chapter = tmp_path / "dev" / "7" / "8"
+    chapter.mkdir(parents=True)
+    good = (CHAPTER / "100-1000-0000.flac").read_bytes()
+    for i in range(4):
+        (chapter / f"7-8-000{i}.flac").write_bytes(good)
+    (chapter / "7-8.trans.txt").write_text("".join(f"7-8-000{i} THE OLD DOG\n" for i in range(4)))
+    write_manifest(load_split(tmp_path, "dev"), tmp_path / "m", "dev", tmp_path / "dev")
+    utterances = read_manifest(tmp_path / "m", "dev")  # what a running recipe holds
+    (chapter / "7-8-0001.flac").unlink()  # then the files change under it
+    (chapter / "7-8-0002.flac").write_bytes(good[: len(good) // 3])
+    stats = DataStats()
+    batches = read_all(build_speech_pipeline(utterances, small_config(), seed=0, stats=stats))
+    assert sorted(i for b in batches for i in b.example["ids"]) == ["7-8-0000", "7-8-0003"]
+    assert sum(stats.counts.values()) == 2 and stats.num_skipped == 2
+    named = " ".join(m for ms in stats.examples.values() for m in ms)
+    assert str(chapter / "7-8-0001.flac") in named and str(chapter / "7-8-0002.flac") in named
+
+
 def test_text_sources():
     import random
 
