@@ -646,11 +646,12 @@ def main(argv: list[str] | None = None) -> int:
             write_report(args.out, work, args.budget, budget, {**meta, "wall_s": walls},
                          results, stats, set_names)  # fmt: skip
 
-    def timed(key: str, fn, *a):
+    def timed(key: str, done: bool, fn, *a):
+        """fn(*a), its wall-clock time added to wall_s.json unless it had nothing to do."""
         started = time.perf_counter()
         result = fn(*a)
-        if (elapsed := time.perf_counter() - started) > 1:
-            walls[key] = round(walls.get(key, 0) + elapsed, 1)
+        if not done:
+            walls[key] = round(walls.get(key, 0) + time.perf_counter() - started, 1)
             wall_file.write_text(json.dumps(walls, indent=2) + "\n")
         return result
 
@@ -663,13 +664,15 @@ def main(argv: list[str] | None = None) -> int:
                 if spec.equal_cost:
                     meta["equal_cost"] = equal_cost_steps(work, data, budget, seeds[0])
                     steps = meta["equal_cost"]["bestrq_steps"]
-                encoder = timed(
-                    f"pretrain-{arm}-s{seed}", pretrain, work, data, arm, seed, steps, budget
-                )
+                run = work / "pretrain" / f"{arm}-s{seed}"
+                encoder = timed(f"pretrain-{arm}-s{seed}", finished(run, steps), pretrain,
+                                work, data, arm, seed, steps, budget)  # fmt: skip
                 label_analysis(encoder, data, budget)
-            ft = timed(f"finetune-{arm}-s{seed}", finetune, work, data, arm, seed, encoder,
-                       fraction, budget)  # fmt: skip
-            timed(f"eval-{arm}-s{seed}", export_and_score, work, ft, f"{arm}-s{seed}", test_sets)
+            name = f"{arm}-s{seed}"
+            ft = timed(f"finetune-{name}", finished(work / "finetune" / name, budget.finetune_steps),
+                       finetune, work, data, arm, seed, encoder, fraction, budget)  # fmt: skip
+            scored = all((work / "eval" / s[0] / name / "summary.json").exists() for s in test_sets)
+            timed(f"eval-{name}", scored, export_and_score, work, ft, name, test_sets)
             report()
             print(f"evidence: {arm} seed {seed} done", file=sys.stderr, flush=True)
     print(args.out / "REPORT.md")
