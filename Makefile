@@ -9,7 +9,7 @@ STAMP := $(VENV)/.birq-installed
 DEB_PACKAGES := libsndfile1 espeak-ng flite sox wordnet-base
 QUICK ?=
 
-.PHONY: setup deb venv test test-fast lint demo demo-steps bench clean
+.PHONY: setup deb venv test test-dist test-fast lint demo demo-steps bench clean
 
 setup: deb venv
 
@@ -35,11 +35,15 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not dist"
+
+# The multi-process (torchrun, 2 CPU processes) tests: scale-out and fault injection.
+test-dist: setup
+	$(PY) -m pytest -q -m dist
 
 # Everything but the Triton interpreter and AOT-compile tests.
 test-fast: setup
-	$(PY) -m pytest -q -m "not triton_interpret and not aot"
+	$(PY) -m pytest -q -m "not triton_interpret and not aot and not dist"
 
 lint: setup
 	$(PY) -m ruff check birq_fs2 kernels tests benchmarks

@@ -1,5 +1,5 @@
 """Data parallelism on CPU processes (gloo): the batch norm of the conformer's convolution
-module, and the recipes on torchrun."""
+module, and the recipes on torchrun (marker `dist`: `make test-dist`)."""
 
 from __future__ import annotations
 
@@ -120,6 +120,7 @@ def _digests(run_dir: Path) -> list[dict[str, str]]:
     return out
 
 
+@pytest.mark.dist
 @pytest.mark.slow
 def test_two_processes_pretrain_and_finetune_in_sync(tmp_path, corpus):
     from birq_fs2.evaluation import evaluate
@@ -216,6 +217,7 @@ def _wait_for(path: Path, text: str, proc: subprocess.Popen, timeout: float = 30
     raise AssertionError(f"{text!r} never appeared in {path} (exit {proc.poll()})")
 
 
+@pytest.mark.dist
 @pytest.mark.slow
 def test_faults_kill_half_written_and_damaged_checkpoints_and_sigterm(tmp_path, corpus):
     from birq_fs2.cli.export import main as export_main
@@ -282,6 +284,7 @@ def test_faults_kill_half_written_and_damaged_checkpoints_and_sigterm(tmp_path, 
     assert (out / "checkpoints" / f"step_{stopped[-1]}.damaged").is_dir()
 
 
+@pytest.mark.dist
 @pytest.mark.slow
 def test_fsdp_on_cpu_processes_stops_at_setup_with_the_reason(tmp_path, corpus):
     proc = run(
