@@ -295,3 +295,27 @@ def test_fsdp_on_cpu_processes_stops_at_setup_with_the_reason(tmp_path, corpus):
     assert proc.returncode != 0 and "exitcode  : 2" in out, out[-3000:]
     log = (tmp_path / "run" / "logs" / "rank_0.log").read_text()
     assert "fsdp does not run on CPU processes" in log and "use ddp on CPUs" in log
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_after_the_next_step_boundary(sig, caplog):
+    from types import SimpleNamespace
+
+    from birq_fs2.recipes.resume import GracefulStop
+
+    trainer = SimpleNamespace(_max_num_steps=100)
+    stop = GracefulStop(SimpleNamespace(root=SimpleNamespace(size=1)))
+    before = {s: signal.getsignal(s) for s in GracefulStop.SIGNALS}
+    try:
+        stop.install(trainer)
+        stop.poll(3)
+        assert trainer._max_num_steps == 100
+        with caplog.at_level("WARNING"):
+            os.kill(os.getpid(), sig)  # handled: no KeyboardInterrupt, no exit
+            stop.poll(4)
+        assert trainer._max_num_steps == 4  # the trainer's end-of-training path after step 4
+        assert f"{signal.Signals(sig).name} received" in caplog.text
+        assert "stopping after step 4" in caplog.text
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
