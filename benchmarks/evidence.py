@@ -147,46 +147,51 @@ def finished(run: Path, steps: int) -> bool:
     return (run / "checkpoints" / f"step_{steps}").is_dir()
 
 
-def pretrain(work: Path, data: Layout, arm: str, seed: int, steps: int, budget: Budget) -> Path:
-    run = work / "pretrain" / f"{arm}-s{seed}"
+def _recipe(
+    work: Path, data: Layout, recipe: str, run: Path, seed: int, steps: int, every: int,
+    extra: list[str],
+) -> Path:  # fmt: skip
+    """Runs (or resumes) one recipe on the plan's data; returns its output folder."""
     if finished(run, steps):
         return run
-    every = min(budget.pretrain_validate_every, steps)
+    preset = PRETRAIN_PRESET if recipe == "pretrain" else FINETUNE_PRESET
     cmd = [
-        sys.executable, "-m", "birq_fs2.recipes.pretrain", str(run),
-        "--config-file", str(PRETRAIN_PRESET), "--config",
-        f"dataset.config_overrides.path={data.corpus}", f"dataset.train_split={data.train}",
-        f"dataset.valid_split={data.dev}", f"common.seed={seed}", f"regime.num_steps={steps}",
+        sys.executable, "-m", f"birq_fs2.recipes.{recipe}", str(run), "--config-file", str(preset),
+        "--config", f"dataset.config_overrides.path={data.corpus}",
+        f"dataset.train_split={data.train}", f"dataset.valid_split={data.dev}",
+        f"common.seed={seed}", f"regime.num_steps={steps}",
         f"regime.validate_every_n_steps={every}", f"regime.checkpoint_every_n_steps={every}",
-        f"regime.publish_metrics_every_n_steps={max(1, every // 10)}",
+        f"regime.publish_metrics_every_n_steps={max(1, every // 10)}", *extra,
+    ]  # fmt: skip
+    what = f"{'pretraining' if recipe == 'pretrain' else 'fine-tuning'} {run.name}"
+    _run(cmd, work / "logs" / f"{recipe}-{run.name}.log", what)
+    return run
+
+
+def pretrain(work: Path, data: Layout, arm: str, seed: int, steps: int, budget: Budget) -> Path:
+    every = min(budget.pretrain_validate_every, steps)
+    extra = [
         f"lr_scheduler.config.num_warmup_steps={max(1, steps // 10)}",
         *(ARMS[arm].pretrain or []),
-    ]  # fmt: skip
-    _run(cmd, work / "logs" / f"pretrain-{arm}-s{seed}.log", f"pretraining {arm} seed {seed}")
-    return run
+    ]
+    return _recipe(
+        work, data, "pretrain", work / "pretrain" / f"{arm}-s{seed}", seed, steps, every, extra
+    )
 
 
 def finetune(
     work: Path, data: Layout, arm: str, seed: int, encoder: Path | None, fraction: float,
     budget: Budget,
 ) -> Path:  # fmt: skip
-    run = work / "finetune" / f"{arm}-s{seed}"
-    if finished(run, budget.finetune_steps):
-        return run
-    every = min(budget.finetune_validate_every, budget.finetune_steps)
-    cmd = [
-        sys.executable, "-m", "birq_fs2.recipes.finetune", str(run),
-        "--config-file", str(FINETUNE_PRESET), "--config",
-        f"dataset.config_overrides.path={data.corpus}", f"dataset.train_split={data.train}",
-        f"dataset.valid_split={data.dev}", f"dataset.train_fraction={fraction:.6f}",
-        f"dataset.train_subset_seed={SUBSET_SEED}", f"common.seed={seed}",
-        f"regime.num_steps={budget.finetune_steps}", f"regime.validate_every_n_steps={every}",
-        f"regime.checkpoint_every_n_steps={every}",
-        f"regime.publish_metrics_every_n_steps={max(1, every // 5)}",
+    steps = budget.finetune_steps
+    extra = [
+        f"dataset.train_fraction={fraction:.6f}", f"dataset.train_subset_seed={SUBSET_SEED}",
         *([f"pretrained.model={encoder}"] if encoder is not None else []),
     ]  # fmt: skip
-    _run(cmd, work / "logs" / f"finetune-{arm}-s{seed}.log", f"fine-tuning {arm} seed {seed}")
-    return run
+    run = work / "finetune" / f"{arm}-s{seed}"
+    return _recipe(
+        work, data, "finetune", run, seed, steps, min(budget.finetune_validate_every, steps), extra
+    )
 
 
 def export_and_score(
