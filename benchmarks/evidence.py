@@ -444,18 +444,36 @@ def reading(stats: dict, test_set: str) -> list[str]:
         if c is None:
             lines.append(f"- {question} Not measured yet.")
             return
-        lo, hi = c["wer_ci95"]
-        if hi < 0:
+
+        def sign(ci: list[float]) -> int:  # -1: fewer errors, +1: more, 0: undecided
+            return -1 if ci[1] < 0 else 1 if ci[0] > 0 else 0
+
+        words, chars = sign(c["wer_ci95"]), sign(c["cer_ci95"])
+        if words == chars == -1:
             answer = "Yes"
-        elif lo > 0:
+        elif words == chars == 1:
             answer = "No, it is worse"
+        elif {words, chars} == {-1, 1}:
+            answer = "Mixed: " + ("fewer word errors, more character errors" if words < 0
+                                  else "more word errors, fewer character errors")  # fmt: skip
+        elif -1 in (words, chars):
+            answer = f"Fewer {'word' if words < 0 else 'character'} errors only"
+        elif 1 in (words, chars):
+            answer = f"More {'word' if words > 0 else 'character'} errors only"
         else:
             answer = "Not distinguishable"
+        n = len(c["seeds"])
+        caveat = "" if n >= 3 else (
+            f" With {n} seed{'s' if n > 1 else ''} the intervals cover the sampling of the test "
+            "set, not the spread of training runs."
+        )  # fmt: skip
+        lo, hi = c["wer_ci95"]
+        clo, chi = c["cer_ci95"]
         lines.append(
-            f"- {question} **{answer}**: WER difference {c['wer_diff']:+.1f} points "
-            f"({c['wer_relative']:+.1%} relative; per seed {', '.join(f'{d:+.1f}' for d in c['wer_diff_per_seed'])}; "
-            f"95 % CI over test utterances [{lo:+.1f}, {hi:+.1f}]; "
-            f"{len(c['seeds'])} seed{'s' if len(c['seeds']) > 1 else ''})."
+            f"- {question} **{answer}**: WER {c['wer_diff']:+.1f} points ({c['wer_relative']:+.1%} "
+            f"relative; per seed {', '.join(f'{d:+.1f}' for d in c['wer_diff_per_seed'])}; 95 % CI "
+            f"[{lo:+.1f}, {hi:+.1f}]), CER {c['cer_diff']:+.1f} points (95 % CI [{clo:+.1f}, "
+            f"{chi:+.1f}]); {n} seed{'s' if n > 1 else ''}.{caveat}"
         )
 
     verdict("bestrq vs scratch", "Does BEST-RQ beat no pretraining?")
