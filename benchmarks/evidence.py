@@ -635,6 +635,8 @@ def main(argv: list[str] | None = None) -> int:
         "--work", type=Path, help="runs, models, corpus (default: evidence-<budget>/)"
     )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "evidence")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rewrite the report from the runs that exist; run nothing")  # fmt: skip
     args = parser.parse_args(argv)
     budget = BUDGETS[args.budget]
     arms = [a for a in args.arms.split(",") if a]
@@ -656,7 +658,7 @@ def main(argv: list[str] | None = None) -> int:
     fraction, labelled, train_hours = labelled_fraction(data, budget.labelled_minutes)
     wall_file = work / "wall_s.json"
     walls = json.loads(wall_file.read_text()) if wall_file.exists() else {}
-    meta = {"argv": argv, "labelled_fraction": fraction, "labelled_minutes": labelled,
+    meta = {"argv": [a for a in argv if a != "--report-only"], "labelled_fraction": fraction, "labelled_minutes": labelled,
             "train_hours": train_hours, "corpus": str(data.corpus)}  # fmt: skip
     if (work / "plan.json").exists():
         meta.update(json.loads((work / "plan.json").read_text()))
@@ -678,6 +680,10 @@ def main(argv: list[str] | None = None) -> int:
             wall_file.write_text(json.dumps(walls, indent=2) + "\n")
         return result
 
+    if args.report_only:
+        report()
+        print(args.out / "REPORT.md")
+        return 0
     for seed in seeds:
         for arm in arms:
             spec = ARMS[arm]
