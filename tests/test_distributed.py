@@ -265,7 +265,7 @@ def test_faults_kill_half_written_and_damaged_checkpoints_and_sigterm(tmp_path, 
     stopped = [int(m) for m in re.findall(r"birq: stopping after step (\d+)", log0.read_text())]
     rank1_log = (out / "logs" / "rank_1.log").read_text()
     assert stopped and f"birq: stopping after step {stopped[-1]}" in rank1_log
-    assert max(checkpoint_steps(out)) == stopped[-1] and stopped[-1] % 3 != 0
+    assert max(checkpoint_steps(out)) == stopped[-1] >= 15  # the step after the signal
 
     # A damaged file in the last checkpoint: birq-export names it; a resume sets the step
     # aside (kept as step_N.damaged) and goes on from the step before.
