@@ -23,6 +23,7 @@ import hashlib
 import torch
 import torch.distributed as dist
 from fairseq2.logging import log
+from fairseq2.recipe.base import RecipeContext
 from torch import Tensor
 from torch.distributed.nn.functional import all_reduce
 from torch.distributed.tensor import DTensor
@@ -30,6 +31,7 @@ from torch.nn import Module, SyncBatchNorm
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from birq_fs2.recipes.errors import RunSetupError
+from birq_fs2.recipes.resume import set_aside_damaged_checkpoints
 
 SYNC_DEVICES = ("cuda", "hpu", "xpu", "privateuseone")
 """Devices on which torch's SyncBatchNorm runs (torch.nn.modules.batchnorm)."""
@@ -129,3 +131,15 @@ def check_data_parallelism(data_parallelism: str, device_type: str, world_size: 
             "trainer.data_parallelism: fsdp does not run on CPU processes (the conformer's batch "
             "norm stays sharded in forward under FSDP2 with gloo); use ddp on CPUs, fsdp on GPUs."
         )
+
+
+def prepare_data_parallel(context: RecipeContext, data_parallelism: str) -> Module:
+    """What both recipes do before building their units: refuse FSDP on CPU processes, set
+    damaged last checkpoints aside, put GlooSyncBatchNorm in on CPUs, log the replicas'
+    digest; returns the data-parallel model."""
+    check_data_parallelism(data_parallelism, context.device.type, context.gangs.root.size)
+    set_aside_damaged_checkpoints(context)
+    dp_model = context.get_data_parallel_model()
+    sync_batch_norm_off_accelerator(dp_model)
+    log_replica_digest(context.get_model(), "after setup")
+    return dp_model

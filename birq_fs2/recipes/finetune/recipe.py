@@ -35,11 +35,10 @@ from birq_fs2.models.asr import transfer_encoder
 from birq_fs2.models.source import VOCABULARY_FILE, resolve_model
 from birq_fs2.recipes.errors import RunSetupError, check_feature_dims, register_birq_cli_errors
 from birq_fs2.recipes.parallel import (
-    check_data_parallelism,
     log_replica_digest,
-    sync_batch_norm_off_accelerator,
+    prepare_data_parallel,
 )
-from birq_fs2.recipes.resume import GracefulStop, set_aside_damaged_checkpoints
+from birq_fs2.recipes.resume import GracefulStop
 from birq_fs2.scoring import count_errors
 
 from .config import BirqFinetuneConfig
@@ -88,13 +87,7 @@ class BirqFinetuneRecipe(Recipe):
     def create_task(self, context: RecipeContext) -> Task:
         config = context.get_config_as(BirqFinetuneConfig)
         model = context.get_model_as(Wav2Vec2AsrModel)
-        check_data_parallelism(
-            config.trainer.data_parallelism, context.device.type, context.gangs.root.size
-        )
-        set_aside_damaged_checkpoints(context)
-        dp_model = context.get_data_parallel_model()
-        sync_batch_norm_off_accelerator(dp_model)
-        log_replica_digest(model, "after setup")
+        dp_model = prepare_data_parallel(context, config.trainer.data_parallelism)
         log_replica_digest(model.encoder, "of the encoder after setup")
         dataset = context.get_dataset_as(AsrDataset)
         ds = config.dataset

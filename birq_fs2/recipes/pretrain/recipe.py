@@ -47,11 +47,10 @@ from birq_fs2.recipes.errors import (
     register_birq_cli_errors,
 )
 from birq_fs2.recipes.parallel import (
-    check_data_parallelism,
     log_replica_digest,
-    sync_batch_norm_off_accelerator,
+    prepare_data_parallel,
 )
-from birq_fs2.recipes.resume import GracefulStop, set_aside_damaged_checkpoints
+from birq_fs2.recipes.resume import GracefulStop
 from birq_fs2.seeds import derive_seed
 
 from .config import BirqPretrainConfig, BirqScheduleSection
@@ -69,13 +68,7 @@ class BirqPretrainRecipe(Recipe):
     def create_task(self, context: RecipeContext) -> Task:
         config = context.get_config_as(BirqPretrainConfig)
         model = context.get_model_as(BirqModel)
-        check_data_parallelism(
-            config.trainer.data_parallelism, context.device.type, context.gangs.root.size
-        )
-        set_aside_damaged_checkpoints(context)
-        dp_model = context.get_data_parallel_model()
-        sync_batch_norm_off_accelerator(dp_model)
-        log_replica_digest(model, "after setup")
+        dp_model = prepare_data_parallel(context, config.trainer.data_parallelism)
         dataset = context.get_dataset_as(SpeechDataset)
         ds = config.dataset
         check_feature_dims(ds.pipeline.num_mel_bins, model)
