@@ -96,6 +96,23 @@ class Arm:
     """Pretraining overrides; None: no pretraining (the fine-tuning starts from scratch)."""
     equal_cost: bool = False
     """Pretrained for the steps that BiRQ's measured step cost buys, not the budget's."""
+    finetune: tuple[str, ...] = ()
+    """Fine-tuning overrides (probes of the fine-tuning recipe; empty for the comparison)."""
+    encoder_of: str | None = None
+    """Fine-tune the encoder that arm pretrained (same seed) instead of pretraining again."""
+    pretrain_scale: float = 1.0
+    """Pretraining steps as a multiple of the budget's."""
+    baseline: str | None = None
+    """Probes only: the arm it is compared with (same fine-tuning recipe, or the default)."""
+
+    @property
+    def probe(self) -> bool:
+        """Part of "making pretraining pay" (one recipe knob changed), not the comparison."""
+        return self.baseline is not None
+
+    @property
+    def pretrained(self) -> bool:
+        return self.pretrain is not None or self.encoder_of is not None
 
 
 ENH = "model.config_overrides.enhanced"
@@ -106,11 +123,41 @@ ARMS: dict[str, Arm] = {
     "bestrq_cost": Arm("BEST-RQ, equal compute", ["model.arch=bestrq_tiny"], equal_cost=True),
     "birq_masked": Arm("BiRQ, label_input: masked", [f"{ENH}.label_input=masked"]),
     "birq_st": Arm("BiRQ, label_grad: st", [f"{ENH}.label_grad=st"]),
+    # Making pretraining pay: one knob of the pretraining or fine-tuning recipe each, a
+    # BEST-RQ arm against the no-pretraining arm fine-tuned with the same recipe.
+    "bestrq_long": Arm(
+        "BEST-RQ, 3x pretraining steps",
+        ["model.arch=bestrq_tiny"],
+        pretrain_scale=3.0,
+        baseline="scratch",
+    ),
+    "bestrq_freeze": Arm(
+        "BEST-RQ, encoder frozen for the first 50 fine-tuning steps",
+        None,
+        finetune=("pretrained.freeze_encoder_for_n_steps=50",),
+        encoder_of="bestrq",
+        baseline="scratch",
+    ),
+    "scratch_lr5e-4": Arm(
+        "no pretraining, fine-tuning lr 5e-4",
+        None,
+        finetune=("optimizer.config.lr=5e-4",),
+        baseline="scratch",
+    ),
+    "bestrq_lr5e-4": Arm(
+        "BEST-RQ, fine-tuning lr 5e-4",
+        None,
+        finetune=("optimizer.config.lr=5e-4",),
+        encoder_of="bestrq",
+        baseline="scratch_lr5e-4",
+    ),
 }
 DEFAULT_ARMS = "scratch,bestrq,birq,bestrq_cost"
+PROBE_ARMS = "bestrq_freeze,scratch_lr5e-4,bestrq_lr5e-4,bestrq_long"
 COMPARISONS = [
     ("bestrq", "scratch"), ("birq", "scratch"), ("birq", "bestrq"), ("birq", "bestrq_cost"),
     ("birq_masked", "birq"), ("birq_st", "birq"),
+    *((name, arm.baseline) for name, arm in ARMS.items() if arm.probe),
 ]  # fmt: skip
 """(arm, baseline): reported when both have runs; the difference is arm - baseline."""
 
@@ -186,7 +233,7 @@ def finetune(
     steps = budget.finetune_steps
     extra = [
         f"dataset.train_fraction={fraction:.6f}", f"dataset.train_subset_seed={SUBSET_SEED}",
-        *([f"pretrained.model={encoder}"] if encoder is not None else []),
+        *([f"pretrained.model={encoder}"] if encoder is not None else []), *ARMS[arm].finetune,
     ]  # fmt: skip
     run = work / "finetune" / f"{arm}-s{seed}"
     return _recipe(
@@ -311,6 +358,26 @@ def utterance_errors(eval_dir: Path) -> dict[str, tuple[int, int, int, int]]:
     return rows
 
 
+def error_types(eval_dir: Path) -> dict[str, float]:
+    """Word and character hits, substitutions, deletions and insertions over the whole test
+    set, in percent of the reference words (characters)."""
+    import jiwer
+
+    from birq_fs2.data.vocab import normalize_transcript
+
+    lines = (eval_dir / "hypotheses.tsv").read_text(encoding="utf-8").splitlines()[1:]
+    pairs = [line.split("\t")[3:5] for line in lines]
+    refs = [normalize_transcript(r) for r, _ in pairs]
+    hyps = [normalize_transcript(h) for _, h in pairs]
+    types = {}
+    for unit, out in (("word", jiwer.process_words(refs, hyps)),
+                      ("char", jiwer.process_characters(refs, hyps))):  # fmt: skip
+        ref = out.hits + out.substitutions + out.deletions
+        for kind in ("hits", "substitutions", "deletions", "insertions"):
+            types[f"{unit}_{kind}"] = round(100.0 * getattr(out, kind) / max(ref, 1), 2)
+    return types
+
+
 def bootstrap_difference(
     arm: dict[int, dict[str, tuple]], base: dict[int, dict[str, tuple]], *,
     samples: int = 2000, seed: int = 0,
@@ -371,27 +438,41 @@ def pretrain_summary(run: Path, layers: dict | None) -> dict:
     return summary
 
 
-def collect(work: Path, arms: list[str], seeds: list[int], test_sets: list[str]) -> dict:
+def scored_runs(work: Path, test_set: str) -> list[tuple[str, int]]:
+    """(arm, seed) of every run of the work folder scored on `test_set`, in ARMS order."""
+    found = []
+    for summary in (work / "eval" / test_set).glob("*-s*/summary.json"):
+        arm, _, seed = summary.parent.name.rpartition("-s")
+        if arm in ARMS and seed.isdigit():
+            found.append((arm, int(seed)))
+    return sorted(found, key=lambda r: (list(ARMS).index(r[0]), r[1]))
+
+
+def collect(work: Path, test_sets: list[str]) -> dict:
+    """Every run of the work folder scored on every test set, whichever command ran it."""
     runs = []
-    for arm in arms:
-        for seed in seeds:
-            name = f"{arm}-s{seed}"
-            scored = {s: work / "eval" / s / name for s in test_sets}
-            if not all((d / "summary.json").exists() for d in scored.values()):
-                continue
-            pre = work / "pretrain" / name
-            labels = pre / "labels" / "labels.json"
-            ft_valid = read_metrics(work / "finetune" / name / "metrics" / "valid" / "valid.jsonl")
-            runs.append({
-                "arm": arm, "seed": seed,
-                "test": {s: {k: json.loads((d / "summary.json").read_text())[k]
-                             for k in ("wer", "cer", "num_utterances")}
-                         for s, d in scored.items()},
-                "pretrain": pretrain_summary(pre, json.loads(labels.read_text())
-                                             if labels.exists() else None)
-                if ARMS[arm].pretrain is not None else None,
-                "dev_wer": series(ft_valid, "wer", FINETUNE_METRICS),
-            })  # fmt: skip
+    for arm, seed in scored_runs(work, test_sets[0]):
+        name, spec = f"{arm}-s{seed}", ARMS[arm]
+        scored = {s: work / "eval" / s / name for s in test_sets}
+        if not all((d / "summary.json").exists() for d in scored.values()):
+            continue
+        pre = work / "pretrain" / (f"{spec.encoder_of}-s{seed}" if spec.encoder_of else name)
+        labels = pre / "labels" / "labels.json"
+        ft_valid = read_metrics(work / "finetune" / name / "metrics" / "valid" / "valid.jsonl")
+        wer, cer = display("wer", FINETUNE_METRICS), display("cer", FINETUNE_METRICS)
+        runs.append({
+            "arm": arm, "seed": seed,
+            "test": {s: {k: json.loads((d / "summary.json").read_text())[k]
+                         for k in ("wer", "cer", "num_utterances")}
+                     for s, d in scored.items()},
+            "pretrain": pretrain_summary(pre, json.loads(labels.read_text())
+                                         if labels.exists() else None)
+            if spec.pretrained else None,
+            "error_types": error_types(scored[test_sets[0]]),
+            "dev_wer": series(ft_valid, "wer", FINETUNE_METRICS),
+            "dev_best": min(({"wer": r[wer], "cer": r[cer], "step": r["Step"]}
+                             for r in ft_valid if wer in r), key=lambda b: b["wer"], default=None),
+        })  # fmt: skip
     return {"runs": runs}
 
 
@@ -525,10 +606,12 @@ def write_report(
             "",
         ]
     lines += [f"## Test WER / CER ({main_set})", "",
-              "| arm | seeds | pretraining steps | test WER % | test CER % | WER per seed | "
+              "| arm | seeds | pretraining steps | dev WER % | test WER % | test CER % | WER per seed | "
               "anchor PNMI | enhanced PNMI | enhanced ppl (noise-free) | best block PNMI |",
-              "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+              "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for arm, by_set in stats["per_arm"].items():
+        if ARMS[arm].probe:
+            continue
         a = by_set[main_set]
         pre = [r["pretrain"] for r in results["runs"] if r["arm"] == arm and r["pretrain"]]
 
@@ -543,7 +626,8 @@ def write_report(
         steps = sorted({p["steps"] for p in pre if p.get("steps")})
         lines.append(
             f"| {ARMS[arm].title} (`{arm}`) | {len(a['seeds'])} | "
-            f"{', '.join(map(str, steps)) or 0} | {_pm(a['wer'], a['wer_std'])} | "
+            f"{', '.join(map(str, steps)) or 0} | {_dev_best(results, arm)[0]} | "
+            f"{_pm(a['wer'], a['wer_std'])} | "
             f"{_pm(a['cer'], a['cer_std'])} | {', '.join(f'{w:.1f}' for w in a['wer_per_seed'])} | "
             f"{mean_of('anchor_pnmi')} | {mean_of('enhanced_pnmi')} | "
             f"{_fmt(sum(ppl) / len(ppl), '.1f') if ppl else '-'} | {best_txt} |"
@@ -576,13 +660,101 @@ def write_report(
             )
         lines += ["", "Negative = the first arm has fewer errors. CI: 95 % percentile "
                   "bootstrap over test utterances (2000 resamples) of the mean over seeds.", ""]  # fmt: skip
+    lines += error_section(results, stats, main_set)
+    lines += probe_section(results, stats, main_set)
     lines += ["## Reading", "", *reading(stats, main_set), ""]
     lines += ["![dev WER against fine-tuning step](dev_wer.png)", "",
               "![test WER per arm](test_wer.png)", "", "## Commands", "", "```bash",
-              " ".join(["python benchmarks/evidence.py", *meta["argv"]]), "```", "",
+              " ".join(["python benchmarks/evidence.py", *meta["argv"]]), *probe_command(results, meta),
+              "```", "",
               "Wall-clock seconds per run (this machine): "
               + ", ".join(f"{k} {v:.0f}" for k, v in sorted(meta["wall_s"].items())), ""]  # fmt: skip
     (out / "REPORT.md").write_text("\n".join(lines))
+
+
+def error_section(results: dict, stats: dict, test_set: str) -> list[str]:
+    """What the errors are: at high error rates WER counts mostly substituted words, and
+    its differences are differences of words right and of word boundaries."""
+    lines = [f"## Error types ({test_set})", "",
+             "| arm | words right % | word sub. % | word del. % | word ins. % | "
+             "chars right % | char sub. % | char del. % | char ins. % |",
+             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    subs = []
+    for arm in stats["per_arm"]:
+        if ARMS[arm].probe:
+            continue
+        rows = [r["error_types"] for r in results["runs"] if r["arm"] == arm]
+        mean = {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
+        subs.append(mean["word_substitutions"])
+        lines.append(
+            f"| `{arm}` | " + " | ".join(f"{mean[f'{u}_{k}']:.1f}" for u in ("word", "char")
+                                        for k in ("hits", "substitutions", "deletions", "insertions"))
+            + " |"
+        )  # fmt: skip
+    lines += ["", "Percent of the reference words (characters), mean over seeds."]
+    if subs and min(subs) > 50:
+        lines.append(
+            f"Every arm substitutes {min(subs):.0f}-{max(subs):.0f} % of the words: the models "
+            "spell words roughly, rarely exactly, so WER differences here are differences in "
+            "the few words spelled right and in word boundaries (deletions, insertions), and "
+            "CER is the finer measure of how much was recognised."
+        )
+    return [*lines, ""]
+
+
+def probe_command(results: dict, meta: dict) -> list[str]:
+    """The command that ran the probes (a second runner on the same work folder)."""
+    probes = sorted({(r["arm"], r["seed"]) for r in results["runs"] if ARMS[r["arm"]].probe},
+                    key=lambda r: (list(ARMS).index(r[0]), r[1]))  # fmt: skip
+    if not probes or "--arms" in meta["argv"]:
+        return []
+    arms = ",".join(dict.fromkeys(a for a, _ in probes))
+    seeds = ",".join(map(str, sorted({s for _, s in probes})))
+    return [
+        " ".join(["python benchmarks/evidence.py", *meta["argv"], "--arms", arms, "--seeds", seeds])
+    ]
+
+
+def _dev_best(results: dict, arm: str) -> tuple[str, str]:
+    best = [r["dev_best"] for r in results["runs"] if r["arm"] == arm and r["dev_best"]]
+    if not best:
+        return "-", "-"
+    wer, wer_sd = _mean_std([b["wer"] for b in best])
+    cer, cer_sd = _mean_std([b["cer"] for b in best])
+    return _pm(wer, wer_sd), _pm(cer, cer_sd)
+
+
+def probe_section(results: dict, stats: dict, test_set: str) -> list[str]:
+    """Making pretraining pay: each probe (one recipe knob) against its baseline."""
+    probes = [a for a in stats["per_arm"] if ARMS[a].probe]
+    if not probes:
+        return []
+    lines = [
+        "## Making pretraining pay: what was tried",
+        "",
+        "Each probe changes one knob of the pretraining or fine-tuning recipe of a BEST-RQ arm "
+        "and is compared with the no-pretraining arm fine-tuned with the same recipe "
+        "(dev: the best validation of the fine-tuning run, the one that is exported).",
+        "",
+        "| probe | baseline | seeds | dev WER % | baseline dev WER % | dev CER % | "
+        "baseline dev CER % | test WER diff (95 % CI) | test CER diff (95 % CI) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    comps = stats["comparisons"].get(test_set, {})
+    for arm in probes:
+        base = ARMS[arm].baseline
+        (wer, cer), (bwer, bcer) = _dev_best(results, arm), _dev_best(results, base)
+        c = comps.get(f"{arm} vs {base}")
+        diff = (
+            (f"{c['wer_diff']:+.1f} [{c['wer_ci95'][0]:+.1f}, {c['wer_ci95'][1]:+.1f}]",
+             f"{c['cer_diff']:+.1f} [{c['cer_ci95'][0]:+.1f}, {c['cer_ci95'][1]:+.1f}]")
+            if c else ("-", "-")
+        )  # fmt: skip
+        lines.append(
+            f"| {ARMS[arm].title} (`{arm}`) | `{base}` | {len(stats['per_arm'][arm][test_set]['seeds'])} | "
+            f"{wer} | {bwer} | {cer} | {bcer} | {diff[0]} | {diff[1]} |"
+        )
+    return [*lines, ""]
 
 
 def _plots(results: dict, stats: dict, out: Path, test_set: str) -> None:
@@ -665,7 +837,7 @@ def main(argv: list[str] | None = None) -> int:
     set_names = [s[0] for s in test_sets]
 
     def report() -> None:
-        results = collect(work, arms, seeds, set_names)
+        results = collect(work, set_names)
         if results["runs"]:
             stats = analyse_results(work, results, set_names)
             write_report(args.out, work, args.budget, budget, {**meta, "wall_s": walls},
@@ -675,7 +847,8 @@ def main(argv: list[str] | None = None) -> int:
         """fn(*a), its wall-clock time added to wall_s.json unless it had nothing to do."""
         started = time.perf_counter()
         result = fn(*a)
-        if not done:
+        if not done:  # re-read: another runner (other arms) may share the work folder
+            walls.update(json.loads(wall_file.read_text()) if wall_file.exists() else {})
             walls[key] = round(walls.get(key, 0) + time.perf_counter() - started, 1)
             wall_file.write_text(json.dumps(walls, indent=2) + "\n")
         return result
@@ -688,14 +861,15 @@ def main(argv: list[str] | None = None) -> int:
         for arm in arms:
             spec = ARMS[arm]
             encoder = None
-            if spec.pretrain is not None:
-                steps = budget.pretrain_steps
-                if spec.equal_cost:
+            if spec.pretrained:
+                source = spec.encoder_of or arm
+                steps = round(budget.pretrain_steps * ARMS[source].pretrain_scale)
+                if ARMS[source].equal_cost:
                     meta["equal_cost"] = equal_cost_steps(work, data, budget, seeds[0])
                     steps = meta["equal_cost"]["bestrq_steps"]
-                run = work / "pretrain" / f"{arm}-s{seed}"
-                encoder = timed(f"pretrain-{arm}-s{seed}", finished(run, steps), pretrain,
-                                work, data, arm, seed, steps, budget)  # fmt: skip
+                run = work / "pretrain" / f"{source}-s{seed}"
+                encoder = timed(f"pretrain-{source}-s{seed}", finished(run, steps), pretrain,
+                                work, data, source, seed, steps, budget)  # fmt: skip
                 label_analysis(encoder, data, budget)
             name = f"{arm}-s{seed}"
             ft = timed(f"finetune-{name}", finished(work / "finetune" / name, budget.finetune_steps),

@@ -73,3 +73,20 @@ def test_quick_plan_runs_end_to_end_and_resumes(tmp_path):
     assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
     assert "pretraining" not in again.stderr and "fine-tuning" not in again.stderr
     assert (work / "wall_s.json").read_text() == walls
+
+    # A second runner with probes of the recipe: the freeze probe fine-tunes the bestrq
+    # encoder already pretrained (no pretraining again); both join the same report.
+    probes = run([*cmd, "--arms", "bestrq_freeze,scratch_lr5e-4"], timeout=600)
+    assert probes.returncode == 0, (probes.stdout + probes.stderr)[-4000:]
+    assert "pretraining" not in probes.stderr
+    config = yaml.safe_load((work / "finetune" / "bestrq_freeze-s0" / "config.yaml").read_text())
+    assert config["pretrained"]["freeze_encoder_for_n_steps"] == 50
+    assert config["pretrained"]["model"].endswith("pretrain/bestrq-s0")
+    lr = yaml.safe_load((work / "finetune" / "scratch_lr5e-4-s0" / "config.yaml").read_text())
+    assert lr["optimizer"]["config"]["lr"] == 5e-4 and lr["pretrained"]["model"] is None
+    result = json.loads((out / "results.json").read_text())
+    assert [r["arm"] for r in result["runs"]] == [*arms, "bestrq_freeze", "scratch_lr5e-4"]
+    assert "bestrq_freeze vs scratch" in result["comparisons"]["test"]
+    report = (out / "REPORT.md").read_text()
+    assert "## Making pretraining pay" in report and "(`bestrq_freeze`) | `scratch`" in report
+    assert "--arms bestrq_freeze,scratch_lr5e-4" in report and "## Error types" in report
