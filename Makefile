@@ -49,8 +49,9 @@ lint: setup
 	$(PY) -m ruff check birq_fs2 kernels tests benchmarks
 
 # The main job: synthesise the demo corpus (train ~1 h; dev and test from held-out
-# speakers), check it, measure the data pipeline, pretrain BiRQ tiny, export the encoder,
-# fine-tune it with CTC next to a from-scratch baseline with the same budget, evaluate
+# speakers), check it, measure the data pipeline, pretrain BiRQ tiny on all of it, export
+# the encoder, fine-tune it with CTC on about 10 minutes of it (the low-label regime of
+# benchmarks/evidence.py) next to a from-scratch baseline with the same budget, evaluate
 # both on the test speakers, and write $(OUT)/REPORT.md. QUICK=1 runs the same path on a
 # tiny corpus with a few steps (about 2 minutes) in demo-out-quick/. Re-running reuses
 # the corpus and the finished runs (an interrupted run resumes from its last checkpoint).

@@ -20,6 +20,10 @@ from birq_fs2.metrics import FINETUNE_METRICS, display, series
 from birq_fs2.report import plot_curves, plot_panels, read_metrics
 
 RUNS = ("pretrain", "finetune-birq", "finetune-scratch")
+EVIDENCE = (
+    Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "evidence" / "results.json"
+)
+"""benchmarks/evidence.py's committed results (a source checkout only)."""
 FINETUNE_RUNS = (("birq", "finetune-birq", "BiRQ-pretrained encoder"),
                  ("scratch", "finetune-scratch", "no pretraining (baseline)"))  # fmt: skip
 
@@ -117,6 +121,7 @@ def write_demo_report(out: Path, num_examples: int = 6) -> Path:
         for run in RUNS
     }  # fmt: skip
     lines += _reading(birq, scratch, metrics["pretrain"][0], metrics["finetune-birq"][0])
+    lines += _evidence_lines(EVIDENCE)
 
     lines += _data_lines(out / "corpus" / "SPEAKERS.TXT")
     lines += _runs_lines(metrics)
@@ -224,6 +229,32 @@ def _reading(birq: dict, scratch: dict, pretrain: list[dict], finetune: list[dic
             "(`model.arch=bestrq_tiny`) and the gamma / tau schedule."
         )
     return [text, ""]
+
+
+def _evidence_lines(results_file: Path) -> list[str]:
+    """The same comparison over seeds, from the committed evidence report: one demo run is
+    one draw, and its WER moves by several points from seed to seed."""
+    if not results_file.exists():
+        return []
+    evidence = json.loads(results_file.read_text())
+    rows = [
+        f"| `{arm}` | {len(s['seeds'])} | {s['wer']:.1f} ± {s['wer_std'] or 0:.1f} | "
+        f"{s['cer']:.1f} ± {s['cer_std'] or 0:.1f} |"
+        for arm, by_set in evidence["per_arm"].items()
+        for s in [by_set["test"]]
+        if arm in ("scratch", "bestrq", "birq", "bestrq_cost")
+    ]  # fmt: skip
+    return [
+        "## The same comparison over seeds (benchmarks/evidence.py)", "",
+        f"The demo is one seed of the evidence's regime (about {evidence['labelled_minutes']:.0f} "
+        "labelled minutes, pretraining on all the unlabelled hours). Over seeds, on "
+        f"{evidence['train_hours']:.0f} h of synthetic speech "
+        f"({evidence['pretrain_steps']} pretraining, {evidence['finetune_steps']} fine-tuning "
+        "steps), test WER / CER %, mean ± sd:", "",
+        "| arm | seeds | test WER % | test CER % |", "|---|---|---|---|", *rows, "",
+        "The full table, the paired differences with confidence intervals and the reading: "
+        "`benchmarks/results/evidence/REPORT.md`.", "",
+    ]  # fmt: skip
 
 
 def _relative(new: float, old: float) -> str:

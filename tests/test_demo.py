@@ -33,6 +33,7 @@ def test_quick_demo_writes_its_report_and_a_usable_model(tmp_path):
         assert f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f.stat().st_size > 10_000
         assert f"(report/{png})" in report
     assert "## Example transcripts (test)" in report
+    assert "## The same comparison over seeds" in report  # the committed evidence, quoted
 
     # demo-out/asr is a folder that --model accepts.
     audio = sorted((out / "corpus" / "test").glob("*/*/*.flac"))[0]
