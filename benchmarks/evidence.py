@@ -715,8 +715,11 @@ def probe_command(results: dict, meta: dict) -> list[str]:
     ]
 
 
-def _dev_best(results: dict, arm: str) -> tuple[str, str]:
-    best = [r["dev_best"] for r in results["runs"] if r["arm"] == arm and r["dev_best"]]
+def _dev_best(results: dict, arm: str, seeds: set[int] | None = None) -> tuple[str, str]:
+    """Mean ± sd over seeds (only `seeds` if given) of the dev WER and CER at the best
+    validation by WER, the checkpoint that is exported."""
+    best = [r["dev_best"] for r in results["runs"] if r["arm"] == arm and r["dev_best"]
+            and (seeds is None or r["seed"] in seeds)]  # fmt: skip
     if not best:
         return "-", "-"
     wer, wer_sd = _mean_std([b["wer"] for b in best])
@@ -734,7 +737,8 @@ def probe_section(results: dict, stats: dict, test_set: str) -> list[str]:
         "",
         "Each probe changes one knob of the pretraining or fine-tuning recipe of a BEST-RQ arm "
         "and is compared with the no-pretraining arm fine-tuned with the same recipe "
-        "(dev: the best validation of the fine-tuning run, the one that is exported).",
+        "with the same seeds (dev: the validation with the best WER, the checkpoint that is "
+        "exported).",
         "",
         "| probe | baseline | seeds | dev WER % | baseline dev WER % | dev CER % | "
         "baseline dev CER % | test WER diff (95 % CI) | test CER diff (95 % CI) |",
@@ -743,7 +747,8 @@ def probe_section(results: dict, stats: dict, test_set: str) -> list[str]:
     comps = stats["comparisons"].get(test_set, {})
     for arm in probes:
         base = ARMS[arm].baseline
-        (wer, cer), (bwer, bcer) = _dev_best(results, arm), _dev_best(results, base)
+        seeds = set(stats["per_arm"][arm][test_set]["seeds"])  # paired: the probe's seeds
+        (wer, cer), (bwer, bcer) = _dev_best(results, arm), _dev_best(results, base, seeds)
         c = comps.get(f"{arm} vs {base}")
         diff = (
             (f"{c['wer_diff']:+.1f} [{c['wer_ci95'][0]:+.1f}, {c['wer_ci95'][1]:+.1f}]",
