@@ -40,7 +40,10 @@ def pretrain_cmd(out: Path, corpus: Path, *overrides: str) -> list[str]:
 def finetune_cmd(out: Path, corpus: Path, *overrides: str) -> list[str]:
     return [
         sys.executable, "-m", "birq_fs2.recipes.finetune", str(out), "--config-file", str(FINETUNE_PRESET),
-        "--config", f"dataset.config_overrides.path={corpus}", *overrides,
+        "--config", f"dataset.config_overrides.path={corpus}",
+        # The fixtures are tiny: half of them labelled (subset by common.seed), not the
+        # preset's 10 minutes of the demo corpus.
+        "dataset.train_fraction=0.5", "dataset.train_subset_seed=null", *overrides,
     ]  # fmt: skip
 
 
