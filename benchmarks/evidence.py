@@ -410,7 +410,23 @@ def bootstrap_difference(
         "cer_diff": round(float(diff[:, 1].mean()), 2),
         "wer_ci95": [round(float(lo[0]), 2), round(float(hi[0]), 2)],
         "cer_ci95": [round(float(lo[1]), 2), round(float(hi[1]), 2)],
+        "wer_seed_ci95": seed_interval(diff[:, 0]),
+        "cer_seed_ci95": seed_interval(diff[:, 1]),
     }
+
+
+T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228]
+"""Student t quantiles (0.975) for 1-10 degrees of freedom."""
+
+
+def seed_interval(per_seed: np.ndarray) -> list[float] | None:
+    """95 % t-interval of the mean per-seed difference: the spread of training runs, which
+    the utterance bootstrap does not see (None with one seed)."""
+    n = len(per_seed)
+    if n < 2:
+        return None
+    half = T_975[min(n - 1, len(T_975)) - 1] * per_seed.std(ddof=1) / np.sqrt(n)
+    return [round(float(per_seed.mean() - half), 2), round(float(per_seed.mean() + half), 2)]
 
 
 def _mean_std(values: list[float]) -> tuple[float, float | None]:
@@ -544,10 +560,16 @@ def reading(stats: dict, test_set: str) -> list[str]:
         else:
             answer = "Not distinguishable"
         n = len(c["seeds"])
-        caveat = "" if n >= 3 else (
-            f" With {n} seed{'s' if n > 1 else ''} the intervals cover the sampling of the test "
-            "set, not the spread of training runs."
-        )  # fmt: skip
+        seed_ci = c.get("wer_seed_ci95")
+        if n < 3:
+            caveat = (f" With {n} seed{'s' if n > 1 else ''} the intervals cover the sampling of "
+                      "the test set, not the spread of training runs.")  # fmt: skip
+        elif seed_ci and seed_ci[0] <= 0 <= seed_ci[1]:
+            caveat = (f" Over training runs the WER difference is within the seed spread (t-interval "
+                      f"over the {n} seeds [{seed_ci[0]:+.1f}, {seed_ci[1]:+.1f}]).")  # fmt: skip
+        else:
+            caveat = (f" It holds over training runs too (t-interval over the {n} seeds "
+                      f"[{seed_ci[0]:+.1f}, {seed_ci[1]:+.1f}]).")  # fmt: skip
         lo, hi = c["wer_ci95"]
         clo, chi = c["cer_ci95"]
         lines.append(
@@ -649,17 +671,22 @@ def write_report(
         if not comps:
             continue
         lines += [f"## Paired differences ({s})", "",
-                  "| comparison | seeds | WER diff (points) | relative | 95 % CI | CER diff | 95 % CI | WER diff per seed |",
-                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+                  "| comparison | seeds | WER diff (points) | relative | 95 % CI | CER diff | 95 % CI | "
+                  "WER diff per seed | WER 95 % CI over seeds |",
+                  "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for key, c in comps.items():
             lines.append(
                 f"| {key} | {len(c['seeds'])} | {c['wer_diff']:+.2f} | {c['wer_relative']:+.1%} | "
                 f"[{c['wer_ci95'][0]:+.2f}, {c['wer_ci95'][1]:+.2f}] | {c['cer_diff']:+.2f} | "
                 f"[{c['cer_ci95'][0]:+.2f}, {c['cer_ci95'][1]:+.2f}] | "
-                f"{', '.join(f'{d:+.1f}' for d in c['wer_diff_per_seed'])} |"
-            )
+                f"{', '.join(f'{d:+.1f}' for d in c['wer_diff_per_seed'])} | "
+                + (f"[{c['wer_seed_ci95'][0]:+.1f}, {c['wer_seed_ci95'][1]:+.1f}] |"
+                   if c.get("wer_seed_ci95") else "- |")
+            )  # fmt: skip
         lines += ["", "Negative = the first arm has fewer errors. CI: 95 % percentile "
-                  "bootstrap over test utterances (2000 resamples) of the mean over seeds.", ""]  # fmt: skip
+                  "bootstrap over test utterances (2000 resamples) of the mean over seeds (the "
+                  "test set's sampling); over seeds: Student t-interval of the per-seed "
+                  "differences (the spread of training runs).", ""]  # fmt: skip
     lines += error_section(results, stats, main_set)
     lines += probe_section(results, stats, main_set)
     lines += ["## Reading", "", *reading(stats, main_set), ""]

@@ -6,6 +6,7 @@ import importlib.util
 import json
 import sys
 
+import numpy as np
 import pytest
 import yaml
 from helpers import FIXTURES, ROOT, run
@@ -29,6 +30,11 @@ def test_bootstrap_difference_is_paired_over_seeds_and_utterances():
     c = evidence.bootstrap_difference(better, base)
     assert c["wer_diff"] == pytest.approx(-10.0) and c["cer_diff"] == pytest.approx(-2.0)
     assert c["wer_ci95"] == pytest.approx([-10.0, -10.0])  # every utterance differs alike
+    assert c["wer_seed_ci95"] == pytest.approx([-10.0, -10.0])  # and every seed
+    # Over seeds: t-interval of the per-seed differences (t 4.303 for 3 seeds).
+    lo, hi = evidence.seed_interval(np.array([-3.0, -1.0, 1.0]))
+    assert (lo, hi) == pytest.approx((-1 - 4.303 * 2 / 3**0.5, -1 + 4.303 * 2 / 3**0.5), abs=0.01)
+    assert evidence.seed_interval(np.array([1.0])) is None
     # Half the utterances better, half worse: the mean is 0 and the interval straddles it.
     mixed = {s: {f"u{i}": (0 if i % 2 else 4, 10, 4, 50) for i in range(40)} for s in (0, 1)}
     m = evidence.bootstrap_difference(mixed, base)
