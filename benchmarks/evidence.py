@@ -583,6 +583,18 @@ def reading(stats: dict, test_set: str) -> list[str]:
     verdict("birq vs scratch", "Does BiRQ beat no pretraining?")
     verdict("birq vs bestrq", "Does BiRQ beat BEST-RQ at equal pretraining steps?")
     verdict("birq vs bestrq_cost", "Does BiRQ beat BEST-RQ at equal pretraining compute?")
+    paying = [
+        f"`{arm}` ({len(c['seeds'])} seed{'s' if len(c['seeds']) > 1 else ''}: WER "
+        f"{c['wer_diff']:+.1f}, CER {c['cer_diff']:+.1f} against `{spec.baseline}`)"
+        for arm, spec in ARMS.items()
+        if spec.probe and (c := comps.get(f"{arm} vs {spec.baseline}"))
+        and c["wer_ci95"][1] < 0 and c["cer_ci95"][1] < 0
+    ]  # fmt: skip
+    if any(ARMS[k.split(" vs ")[0]].probe for k in comps):
+        lines.append(
+            "- Which probes make pretraining pay in both WER and CER (test CIs below 0)? "
+            + (", ".join(paying) + "." if paying else "None so far.")
+        )
     goal = [comps.get(k) for k in ("birq vs bestrq", "birq vs bestrq_cost", "bestrq vs scratch")]
     if all(goal):
         reached = (
