@@ -31,6 +31,7 @@ two plots under --out; runs and models stay in --work (not committed).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -211,8 +212,27 @@ def _recipe(
         f"regime.publish_metrics_every_n_steps={max(1, every // 10)}", *extra,
     ]  # fmt: skip
     what = f"{'pretraining' if recipe == 'pretrain' else 'fine-tuning'} {run.name}"
-    _run(cmd, work / "logs" / f"{recipe}-{run.name}.log", what)
+    with run_lock(work / "locks" / f"{recipe}-{run.name}.lock", what):
+        _run(cmd, work / "logs" / f"{recipe}-{run.name}.log", what)
     return run
+
+
+@contextlib.contextmanager
+def run_lock(path: Path, what: str):
+    """Two runners on one work folder (the comparison and the probes) must not train the
+    same run at once: the second stops with this error instead of corrupting the first."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(
+                f"{what}: another evidence runner is running it now ({path} is locked); "
+                "run the other arms or seeds, or wait for it."
+            ) from None
+        yield
 
 
 def pretrain(work: Path, data: Layout, arm: str, seed: int, steps: int, budget: Budget) -> Path:

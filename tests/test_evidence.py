@@ -43,6 +43,17 @@ def test_bootstrap_difference_is_paired_over_seeds_and_utterances():
     assert evidence.bootstrap_difference({**better, 5: better[0]}, base)["seeds"] == [0, 1]
 
 
+def test_a_run_in_flight_is_not_started_twice(tmp_path):
+    evidence = _evidence()
+    lock = tmp_path / "locks" / "pretrain-bestrq-s0.lock"
+    with evidence.run_lock(lock, "pretraining bestrq-s0"):
+        with pytest.raises(RuntimeError, match="another evidence runner is running it now"):
+            with evidence.run_lock(lock, "pretraining bestrq-s0"):
+                pass
+    with evidence.run_lock(lock, "pretraining bestrq-s0"):  # released: free again
+        pass
+
+
 @pytest.mark.slow
 def test_quick_plan_runs_end_to_end_and_resumes(tmp_path):
     work, out = tmp_path / "work", tmp_path / "out"
