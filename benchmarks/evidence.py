@@ -365,14 +365,18 @@ def equal_cost_steps(work: Path, data: Layout, budget: Budget, seed: int) -> dic
 # --- results ---------------------------------------------------------------------------
 
 
+def hypotheses(eval_dir: Path) -> list[tuple[str, str, str]]:
+    """(utterance id, reference, hypothesis) of birq-evaluate's hypotheses.tsv."""
+    lines = (eval_dir / "hypotheses.tsv").read_text(encoding="utf-8").splitlines()[1:]
+    return [(utt_id, ref, hyp) for utt_id, _, _, ref, hyp in (line.split("\t") for line in lines)]
+
+
 def utterance_errors(eval_dir: Path) -> dict[str, tuple[int, int, int, int]]:
     """{utterance id: (word errors, reference words, char errors, reference chars)}."""
     from birq_fs2.scoring import count_errors
 
     rows = {}
-    lines = (eval_dir / "hypotheses.tsv").read_text(encoding="utf-8").splitlines()[1:]
-    for line in lines:
-        utt_id, _, _, ref, hyp = line.split("\t")
+    for utt_id, ref, hyp in hypotheses(eval_dir):
         c = count_errors([ref], [hyp])
         rows[utt_id] = (c.word_errors, c.ref_words, c.char_errors, c.ref_chars)
     return rows
@@ -381,17 +385,12 @@ def utterance_errors(eval_dir: Path) -> dict[str, tuple[int, int, int, int]]:
 def error_types(eval_dir: Path) -> dict[str, float]:
     """Word and character hits, substitutions, deletions and insertions over the whole test
     set, in percent of the reference words (characters)."""
-    import jiwer
+    from birq_fs2.scoring import alignments
 
-    from birq_fs2.data.vocab import normalize_transcript
-
-    lines = (eval_dir / "hypotheses.tsv").read_text(encoding="utf-8").splitlines()[1:]
-    pairs = [line.split("\t")[3:5] for line in lines]
-    refs = [normalize_transcript(r) for r, _ in pairs]
-    hyps = [normalize_transcript(h) for _, h in pairs]
+    rows = hypotheses(eval_dir)
+    words, chars = alignments([ref for _, ref, _ in rows], [hyp for _, _, hyp in rows])
     types = {}
-    for unit, out in (("word", jiwer.process_words(refs, hyps)),
-                      ("char", jiwer.process_characters(refs, hyps))):  # fmt: skip
+    for unit, out in (("word", words), ("char", chars)):
         ref = out.hits + out.substitutions + out.deletions
         for kind in ("hits", "substitutions", "deletions", "insertions"):
             types[f"{unit}_{kind}"] = round(100.0 * getattr(out, kind) / max(ref, 1), 2)
@@ -861,7 +860,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--budget", choices=sorted(BUDGETS), default="full")
     parser.add_argument("--seeds", help="comma-separated (default: the budget's)")
-    parser.add_argument("--arms", default=DEFAULT_ARMS, help=f"of {', '.join(ARMS)}")
+    parser.add_argument("--arms", default=DEFAULT_ARMS, help=f"of {', '.join(ARMS)} (probes of "
+                        f"the recipe, run as a second runner: {PROBE_ARMS})")  # fmt: skip
     parser.add_argument("--corpus", type=Path, help="a LibriSpeech-layout or manifest corpus "
                         "instead of the synthetic one")  # fmt: skip
     parser.add_argument("--splits", default="train,dev,test", help="train,dev,test split names")

@@ -37,19 +37,27 @@ class ErrorCounts:
         return 100.0 * self.char_errors / max(self.ref_chars, 1)
 
 
-def count_errors(refs: Sequence[str], hyps: Sequence[str]) -> ErrorCounts:
+def alignments(
+    refs: Sequence[str], hyps: Sequence[str]
+) -> tuple[jiwer.WordOutput, jiwer.CharacterOutput]:
     """jiwer's word and character alignments of normalised (reference, hypothesis) pairs;
     pairs whose normalised reference is empty cannot be scored and raise ValueError."""
     if len(refs) != len(hyps):
         raise ValueError(f"{len(refs)} references but {len(hyps)} hypotheses.")
-    if not refs:
-        return ErrorCounts()
     refs = [normalize_transcript(r) for r in refs]
     hyps = [normalize_transcript(h) for h in hyps]
     if not all(refs):
         raise ValueError("A reference transcript is empty after normalisation.")
-    words = jiwer.process_words(refs, hyps)
-    chars = jiwer.process_characters(refs, hyps)
+    return jiwer.process_words(refs, hyps), jiwer.process_characters(refs, hyps)
+
+
+def count_errors(refs: Sequence[str], hyps: Sequence[str]) -> ErrorCounts:
+    """Word and character edit counts of `alignments`; no pairs: no errors."""
+    if len(refs) != len(hyps):
+        raise ValueError(f"{len(refs)} references but {len(hyps)} hypotheses.")
+    if not refs:
+        return ErrorCounts()
+    words, chars = alignments(refs, hyps)
     return ErrorCounts(
         word_errors=words.substitutions + words.deletions + words.insertions,
         ref_words=words.hits + words.substitutions + words.deletions,
