@@ -105,6 +105,9 @@ class Arm:
     """Pretraining steps as a multiple of the budget's."""
     baseline: str | None = None
     """Probes only: the arm it is compared with (same fine-tuning recipe, or the default)."""
+    knob: bool = False
+    """A comparison arm that is also a row of "making pretraining pay" (against `scratch`):
+    the knob it changes (here: pretraining length) is one that was tried to make it pay."""
 
     @property
     def probe(self) -> bool:
@@ -122,16 +125,22 @@ ARMS: dict[str, Arm] = {
     "bestrq": Arm("BEST-RQ, equal steps", ["model.arch=bestrq_tiny"]),
     "birq": Arm("BiRQ (defaults)", []),
     "bestrq_cost": Arm("BEST-RQ, equal compute", ["model.arch=bestrq_tiny"], equal_cost=True),
+    # The same comparison at 3x the pretraining steps: the first length at which BEST-RQ
+    # paid in the 10-minute regime (found as a probe, `bestrq_long`, which kept its name).
+    "bestrq_long": Arm(
+        "BEST-RQ, 3x pretraining steps", ["model.arch=bestrq_tiny"], pretrain_scale=3.0, knob=True
+    ),
+    "birq_long": Arm("BiRQ (defaults), 3x pretraining steps", [], pretrain_scale=3.0),
+    "bestrq_cost_long": Arm(
+        "BEST-RQ, equal compute to `birq_long`",
+        ["model.arch=bestrq_tiny"],
+        equal_cost=True,
+        pretrain_scale=3.0,
+    ),
     "birq_masked": Arm("BiRQ, label_input: masked", [f"{ENH}.label_input=masked"]),
     "birq_st": Arm("BiRQ, label_grad: st", [f"{ENH}.label_grad=st"]),
-    # Making pretraining pay: one knob of the pretraining or fine-tuning recipe each, a
-    # BEST-RQ arm against the no-pretraining arm fine-tuned with the same recipe.
-    "bestrq_long": Arm(
-        "BEST-RQ, 3x pretraining steps",
-        ["model.arch=bestrq_tiny"],
-        pretrain_scale=3.0,
-        baseline="scratch",
-    ),
+    # Making pretraining pay: one knob of the fine-tuning recipe each, a BEST-RQ arm against
+    # the no-pretraining arm fine-tuned with the same recipe.
     "bestrq_freeze": Arm(
         "BEST-RQ, encoder frozen for the first 50 fine-tuning steps",
         None,
@@ -153,11 +162,17 @@ ARMS: dict[str, Arm] = {
         baseline="scratch_lr5e-4",
     ),
 }
-DEFAULT_ARMS = "scratch,bestrq,birq,bestrq_cost"
-PROBE_ARMS = "bestrq_freeze,scratch_lr5e-4,bestrq_lr5e-4,bestrq_long"
+ARM_GROUPS = {
+    "comparison": "scratch,bestrq,birq,bestrq_cost",
+    "long": "scratch,bestrq_long,birq_long,bestrq_cost_long",
+    "probes": "bestrq_freeze,scratch_lr5e-4,bestrq_lr5e-4",
+}
+"""Sets of arms `--arms` takes by name (each can run as its own runner on one work folder)."""
+DEFAULT_ARMS = "comparison,long"
 COMPARISONS = [
     ("bestrq", "scratch"), ("birq", "scratch"), ("birq", "bestrq"), ("birq", "bestrq_cost"),
-    ("birq_masked", "birq"), ("birq_st", "birq"),
+    ("bestrq_long", "scratch"), ("birq_long", "scratch"), ("birq_long", "bestrq_long"),
+    ("birq_long", "bestrq_cost_long"), ("birq_masked", "birq"), ("birq_st", "birq"),
     *((name, arm.baseline) for name, arm in ARMS.items() if arm.probe),
 ]  # fmt: skip
 """(arm, baseline): reported when both have runs; the difference is arm - baseline."""
@@ -343,6 +358,17 @@ def compute_per_step(run: Path) -> float:
     return total / steps
 
 
+def cost_matched(steps: int, ratio: float) -> int:
+    """BEST-RQ steps that cost what `steps` BiRQ steps cost (never fewer than `steps`)."""
+    return max(steps, round(steps * ratio))
+
+
+def arm_pretrain_steps(arm: str, budget: Budget, cost: dict | None) -> int:
+    spec = ARMS[arm]
+    steps = round(budget.pretrain_steps * spec.pretrain_scale)
+    return cost_matched(steps, cost["ratio"]) if spec.equal_cost else steps
+
+
 def equal_cost_steps(work: Path, data: Layout, budget: Budget, seed: int) -> dict:
     """BiRQ's step cost over BEST-RQ's, measured in this plan's own seed-`seed` runs, and
     the BEST-RQ steps it buys. Kept in plan.json: every seed then uses the same count."""
@@ -356,7 +382,7 @@ def equal_cost_steps(work: Path, data: Layout, budget: Budget, seed: int) -> dic
         plan["equal_cost"] = {
             "birq_s_per_step": round(birq_s, 4), "bestrq_s_per_step": round(bestrq_s, 4),
             "ratio": round(ratio, 3), "measured_on": f"seed {seed}",
-            "bestrq_steps": max(budget.pretrain_steps, round(budget.pretrain_steps * ratio)),
+            "bestrq_steps": cost_matched(budget.pretrain_steps, round(ratio, 3)),
         }  # fmt: skip
         plan_file.write_text(json.dumps(plan, indent=2) + "\n")
     return plan["equal_cost"]
@@ -602,30 +628,43 @@ def reading(stats: dict, test_set: str) -> list[str]:
     verdict("birq vs scratch", "Does BiRQ beat no pretraining?")
     verdict("birq vs bestrq", "Does BiRQ beat BEST-RQ at equal pretraining steps?")
     verdict("birq vs bestrq_cost", "Does BiRQ beat BEST-RQ at equal pretraining compute?")
+    long = "At 3x the pretraining steps (the `*_long` arms):"
+    verdict("bestrq_long vs scratch", f"{long} does BEST-RQ beat no pretraining?")
+    verdict("birq_long vs scratch", f"{long} does BiRQ beat no pretraining?")
+    verdict("birq_long vs bestrq_long", f"{long} does BiRQ beat BEST-RQ at equal steps?")
+    verdict("birq_long vs bestrq_cost_long", f"{long} does BiRQ beat BEST-RQ at equal compute?")
     paying = [
         f"`{arm}` ({len(c['seeds'])} seed{'s' if len(c['seeds']) > 1 else ''}: WER "
-        f"{c['wer_diff']:+.1f}, CER {c['cer_diff']:+.1f} against `{spec.baseline}`)"
-        for arm, spec in ARMS.items()
-        if spec.probe and (c := comps.get(f"{arm} vs {spec.baseline}"))
-        and c["wer_ci95"][1] < 0 and c["cer_ci95"][1] < 0
+        f"{c['wer_diff']:+.1f}, CER {c['cer_diff']:+.1f} against `{base}`)"
+        for arm, base in knob_rows(comps)
+        if (c := comps.get(f"{arm} vs {base}")) and c["wer_ci95"][1] < 0 and c["cer_ci95"][1] < 0
     ]  # fmt: skip
-    if any(ARMS[k.split(" vs ")[0]].probe for k in comps):
+    if knob_rows(comps):
         lines.append(
             "- Which probes make pretraining pay in both WER and CER (test CIs below 0)? "
             + (", ".join(paying) + "." if paying else "None so far.")
         )
-    goal = [comps.get(k) for k in ("birq vs bestrq", "birq vs bestrq_cost", "bestrq vs scratch")]
-    if all(goal):
-        reached = (
-            all(c["wer_relative"] <= -0.05 and c["wer_ci95"][1] < 0 for c in goal[:2])
-            and goal[2]["wer_ci95"][1] < 0
-        )
-        lines.append(
-            "- The paper's claim (BiRQ at least 5 % relative WER below BEST-RQ at equal steps "
-            "and compute, both below no pretraining): "
-            + ("**reached**." if reached else "**not reached** here.")
-        )
+    for suffix, steps in (("", "the budget's pretraining steps"), ("_long", "3x the steps")):
+        goal = [comps.get(k.replace("@", suffix)) for k in
+                ("birq@ vs bestrq@", "birq@ vs bestrq_cost@", "bestrq@ vs scratch")]  # fmt: skip
+        if all(goal):
+            reached = (
+                all(c["wer_relative"] <= -0.05 and c["wer_ci95"][1] < 0 for c in goal[:2])
+                and goal[2]["wer_ci95"][1] < 0
+            )
+            lines.append(
+                f"- The paper's claim at {steps} (BiRQ at least 5 % relative WER below BEST-RQ "
+                "at equal steps and compute, both below no pretraining): "
+                + ("**reached**." if reached else "**not reached** here.")
+            )
     return lines
+
+
+def knob_rows(comps: dict) -> list[tuple[str, str]]:
+    """(arm, baseline) of "making pretraining pay" that have a comparison: every probe, and
+    the comparison arms whose knob was tried for it, against no pretraining."""
+    rows = [(a, s.baseline or "scratch") for a, s in ARMS.items() if s.probe or s.knob]
+    return [(a, b) for a, b in rows if f"{a} vs {b}" in comps]
 
 
 def write_report(
@@ -633,7 +672,14 @@ def write_report(
     stats: dict, test_sets: list[str],
 ) -> None:  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
-    payload = {"budget": budget_name, **asdict(budget), **meta, **results, **stats}
+    arms = {
+        a: {"title": ARMS[a].title, "probe": ARMS[a].probe, "baseline": ARMS[a].baseline,
+            "pretrain_steps": arm_pretrain_steps(ARMS[a].encoder_of or a, budget,
+                                                 meta.get("equal_cost"))
+            if ARMS[a].pretrained else 0}
+        for a in stats["per_arm"]
+    }  # fmt: skip
+    payload = {"budget": budget_name, **asdict(budget), **meta, "arms": arms, **results, **stats}
     (out / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
     _plots(results, stats, out, test_sets[0])
     main_set = test_sets[0]
@@ -642,8 +688,8 @@ def write_report(
         "# The evidence: BiRQ vs BEST-RQ vs no pretraining",
         "",
         f"Budget `{budget_name}`. Pretraining: tiny encoders (`tiny_cpu.yaml`), "
-        f"{budget.pretrain_steps} steps on all {meta['train_hours']:.2f} h of unlabelled "
-        f"training audio. Fine-tuning: CTC (`tiny_cpu.yaml`), {budget.finetune_steps} steps on "
+        f"{budget.pretrain_steps} steps (`*_long` arms: 3x; each arm's count is in the table) "
+        f"on all {meta['train_hours']:.2f} h of unlabelled training audio. Fine-tuning: CTC (`tiny_cpu.yaml`), {budget.finetune_steps} steps on "
         f"the same {meta['labelled_minutes']:.1f} minutes of labelled utterances for every arm "
         f"and seed (dataset.train_fraction {meta['labelled_fraction']:.4f}, subset seed "
         f"{SUBSET_SEED}); the checkpoint with the best dev WER is exported and scored on the "
@@ -655,7 +701,12 @@ def write_report(
             f"Equal compute: BiRQ's training step cost {cost['birq_s_per_step']:.3f} s against "
             f"BEST-RQ's {cost['bestrq_s_per_step']:.3f} s (ratio {cost['ratio']:.2f}, measured "
             f"on this machine in this plan's {cost['measured_on']} runs, fairseq2's Compute Time); "
-            f"`bestrq_cost` pretrains BEST-RQ for {cost['bestrq_steps']} steps.",
+            + ", ".join(
+                f"`{a}` pretrains BEST-RQ for {arm_pretrain_steps(a, budget, cost)} steps"
+                for a in stats["per_arm"]
+                if ARMS[a].equal_cost
+            )  # fmt: skip
+            + ".",
             "",
         ]
     lines += [f"## Test WER / CER ({main_set})", "",
@@ -787,7 +838,8 @@ def _dev_best(results: dict, arm: str, seeds: set[int] | None = None) -> tuple[s
 
 def probe_section(results: dict, stats: dict, test_set: str) -> list[str]:
     """Making pretraining pay: each probe (one recipe knob) against its baseline."""
-    probes = [a for a in stats["per_arm"] if ARMS[a].probe]
+    comps = stats["comparisons"].get(test_set, {})
+    probes = knob_rows(comps)
     if not probes:
         return []
     lines = [
@@ -796,15 +848,14 @@ def probe_section(results: dict, stats: dict, test_set: str) -> list[str]:
         "Each probe changes one knob of the pretraining or fine-tuning recipe of a BEST-RQ arm "
         "and is compared with the no-pretraining arm fine-tuned with the same recipe "
         "with the same seeds (dev: the validation with the best WER, the checkpoint that is "
-        "exported).",
+        "exported). The knob that paid, 3x pretraining steps, became the second length of the "
+        "comparison above (`*_long`).",
         "",
         "| probe | baseline | seeds | dev WER % | baseline dev WER % | dev CER % | "
         "baseline dev CER % | test WER diff (95 % CI) | test CER diff (95 % CI) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    comps = stats["comparisons"].get(test_set, {})
-    for arm in probes:
-        base = ARMS[arm].baseline
+    for arm, base in probes:
         seeds = set(stats["per_arm"][arm][test_set]["seeds"])  # paired: the probe's seeds
         (wer, cer), (bwer, bcer) = _dev_best(results, arm), _dev_best(results, base, seeds)
         c = comps.get(f"{arm} vs {base}")
@@ -860,8 +911,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--budget", choices=sorted(BUDGETS), default="full")
     parser.add_argument("--seeds", help="comma-separated (default: the budget's)")
-    parser.add_argument("--arms", default=DEFAULT_ARMS, help=f"of {', '.join(ARMS)} (probes of "
-                        f"the recipe, run as a second runner: {PROBE_ARMS})")  # fmt: skip
+    parser.add_argument(
+        "--arms", default=DEFAULT_ARMS,
+        help=f"comma-separated, of {', '.join(ARMS)}, or sets of them: "
+        + "; ".join(f"{k} = {v}" for k, v in ARM_GROUPS.items()) + f" (default: {DEFAULT_ARMS})",
+    )  # fmt: skip
     parser.add_argument("--corpus", type=Path, help="a LibriSpeech-layout or manifest corpus "
                         "instead of the synthetic one")  # fmt: skip
     parser.add_argument("--splits", default="train,dev,test", help="train,dev,test split names")
@@ -875,7 +929,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="rewrite the report from the runs that exist; run nothing")  # fmt: skip
     args = parser.parse_args(argv)
     budget = BUDGETS[args.budget]
-    arms = [a for a in args.arms.split(",") if a]
+    arms = list(dict.fromkeys(
+        arm for a in args.arms.split(",") if a for arm in ARM_GROUPS.get(a, a).split(",")
+    ))  # fmt: skip
     if unknown := [a for a in arms if a not in ARMS]:
         parser.error(f"unknown arms {unknown}; known: {', '.join(ARMS)}")
     seeds = [int(s) for s in (args.seeds or budget.seeds).split(",")]
@@ -927,10 +983,9 @@ def main(argv: list[str] | None = None) -> int:
             encoder = None
             if spec.pretrained:
                 source = spec.encoder_of or arm
-                steps = round(budget.pretrain_steps * ARMS[source].pretrain_scale)
                 if ARMS[source].equal_cost:
                     meta["equal_cost"] = equal_cost_steps(work, data, budget, seeds[0])
-                    steps = meta["equal_cost"]["bestrq_steps"]
+                steps = arm_pretrain_steps(source, budget, meta.get("equal_cost"))
                 run = work / "pretrain" / f"{source}-s{seed}"
                 encoder = timed(f"pretrain-{source}-s{seed}", finished(run, steps), pretrain,
                                 work, data, source, seed, steps, budget)  # fmt: skip

@@ -237,21 +237,24 @@ def _evidence_lines(results_file: Path) -> list[str]:
     if not results_file.exists():
         return []
     evidence = json.loads(results_file.read_text())
+    arms = evidence.get("arms", {})
     rows = [
-        f"| `{arm}` | {len(s['seeds'])} | {s['wer']:.1f} ± {s['wer_std'] or 0:.1f} | "
-        f"{s['cer']:.1f} ± {s['cer_std'] or 0:.1f} |"
+        f"| `{arm}` | {arms[arm]['pretrain_steps']} | {len(s['seeds'])} | "
+        f"{s['wer']:.1f} ± {s['wer_std'] or 0:.1f} | {s['cer']:.1f} ± {s['cer_std'] or 0:.1f} |"
         for arm, by_set in evidence["per_arm"].items()
         for s in [by_set["test"]]
-        if arm in ("scratch", "bestrq", "birq", "bestrq_cost")
+        if arm in arms and not arms[arm]["probe"]  # the comparison, not the recipe probes
     ]  # fmt: skip
+    if not rows:
+        return []
     return [
         "## The same comparison over seeds (benchmarks/evidence.py)", "",
         f"The demo is one seed of the evidence's regime (about {evidence['labelled_minutes']:.0f} "
         "labelled minutes, pretraining on all the unlabelled hours). Over seeds, on "
-        f"{evidence['train_hours']:.0f} h of synthetic speech "
-        f"({evidence['pretrain_steps']} pretraining, {evidence['finetune_steps']} fine-tuning "
-        "steps), test WER / CER %, mean ± sd:", "",
-        "| arm | seeds | test WER % | test CER % |", "|---|---|---|---|", *rows, "",
+        f"{evidence['train_hours']:.0f} h of synthetic speech ({evidence['finetune_steps']} "
+        "fine-tuning steps), test WER / CER %, mean ± sd:", "",
+        "| arm | pretraining steps | seeds | test WER % | test CER % |", "|---|---|---|---|---|",
+        *rows, "",
         "The full table, the paired differences with confidence intervals and the reading: "
         "`benchmarks/results/evidence/REPORT.md`.", "",
     ]  # fmt: skip

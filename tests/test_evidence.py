@@ -59,7 +59,7 @@ def test_quick_plan_runs_end_to_end_and_resumes(tmp_path):
     work, out = tmp_path / "work", tmp_path / "out"
     cmd = [sys.executable, str(ROOT / "benchmarks" / "evidence.py"), "--budget", "quick",
            "--work", str(work), "--out", str(out), "--eval-data", f"{FIXTURES}:dev-tiny"]  # fmt: skip
-    proc = run(cmd, timeout=900)
+    proc = run([*cmd, "--arms", "comparison"], timeout=900)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     result = json.loads((out / "results.json").read_text())
     arms = ["scratch", "bestrq", "birq", "bestrq_cost"]
@@ -86,24 +86,38 @@ def test_quick_plan_runs_end_to_end_and_resumes(tmp_path):
 
     # The same command again: every run is found finished, nothing is trained again.
     walls = (work / "wall_s.json").read_text()
-    again = run(cmd, timeout=300)
+    again = run([*cmd, "--arms", "comparison"], timeout=300)
     assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
     assert "pretraining" not in again.stderr and "fine-tuning" not in again.stderr
     assert (work / "wall_s.json").read_text() == walls
 
-    # A second runner with probes of the recipe: the freeze probe fine-tunes the bestrq
-    # encoder already pretrained (no pretraining again); both join the same report.
-    probes = run([*cmd, "--arms", "bestrq_freeze,scratch_lr5e-4"], timeout=600)
+    # A second runner with probes of the recipe and an arm of the second length: the
+    # freeze probe fine-tunes the bestrq encoder already pretrained (no pretraining again),
+    # the 3x equal-compute arm pretrains for 3x the steps that BiRQ's measured cost buys;
+    # all join the same report.
+    probes = run([*cmd, "--arms", "bestrq_freeze,scratch_lr5e-4,bestrq_cost_long"], timeout=600)
     assert probes.returncode == 0, (probes.stdout + probes.stderr)[-4000:]
-    assert "pretraining" not in probes.stderr
+    assert "pretraining bestrq-s0" not in probes.stderr
+    ratio = result["equal_cost"]["ratio"]
+    long = yaml.safe_load((work / "pretrain" / "bestrq_cost_long-s0" / "config.yaml").read_text())
+    assert long["regime"]["num_steps"] == max(12, round(12 * ratio))  # quick: 4 steps, 3x
     config = yaml.safe_load((work / "finetune" / "bestrq_freeze-s0" / "config.yaml").read_text())
     assert config["pretrained"]["freeze_encoder_for_n_steps"] == 50
     assert config["pretrained"]["model"].endswith("pretrain/bestrq-s0")
     lr = yaml.safe_load((work / "finetune" / "scratch_lr5e-4-s0" / "config.yaml").read_text())
     assert lr["optimizer"]["config"]["lr"] == 5e-4 and lr["pretrained"]["model"] is None
     result = json.loads((out / "results.json").read_text())
-    assert [r["arm"] for r in result["runs"]] == [*arms, "bestrq_freeze", "scratch_lr5e-4"]
+    assert [r["arm"] for r in result["runs"]] == [
+        *arms,
+        "bestrq_cost_long",
+        "bestrq_freeze",
+        "scratch_lr5e-4",
+    ]
     assert "bestrq_freeze vs scratch" in result["comparisons"]["test"]
+    assert (
+        result["arms"]["bestrq_freeze"]["probe"] and not result["arms"]["bestrq_cost_long"]["probe"]
+    )
     report = (out / "REPORT.md").read_text()
     assert "## Making pretraining pay" in report and "(`bestrq_freeze`) | `scratch`" in report
     assert "--arms bestrq_freeze,scratch_lr5e-4" in report and "## Error types" in report
+    assert f"`bestrq_cost_long` pretrains BEST-RQ for {max(12, round(12 * ratio))} steps" in report
