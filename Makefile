@@ -49,7 +49,9 @@ lint: setup
 	$(PY) -m ruff check birq_fs2 kernels tests benchmarks
 
 # The main job: synthesise the demo corpus (train ~1 h; dev and test from held-out
-# speakers), check it, measure the data pipeline, pretrain BiRQ tiny on all of it, export
+# speakers), check it, measure the data pipeline, pretrain BiRQ tiny on all of it (1000
+# steps: the longest that fits 25 minutes on 2 cores; pretraining pays in the evidence
+# from 1200, not at 400), export
 # the encoder, fine-tune it with CTC on about 10 minutes of it (the low-label regime of
 # benchmarks/evidence.py) next to a from-scratch baseline with the same budget, evaluate
 # both on the test speakers, and write $(OUT)/REPORT.md. QUICK=1 runs the same path on a
