@@ -369,9 +369,10 @@ def arm_pretrain_steps(arm: str, budget: Budget, cost: dict | None) -> int:
     return cost_matched(steps, cost["ratio"]) if spec.equal_cost else steps
 
 
-def equal_cost_steps(work: Path, data: Layout, budget: Budget, seed: int) -> dict:
-    """BiRQ's step cost over BEST-RQ's, measured in this plan's own seed-`seed` runs, and
-    the BEST-RQ steps it buys. Kept in plan.json: every seed then uses the same count."""
+def measured_step_cost(work: Path, data: Layout, budget: Budget, seed: int) -> dict:
+    """BiRQ's step cost over BEST-RQ's, measured in this plan's own seed-`seed` runs at the
+    budget's steps. Kept in plan.json: every seed and length then uses the same ratio
+    (`arm_pretrain_steps` turns it into steps)."""
     plan_file = work / "plan.json"
     plan = json.loads(plan_file.read_text()) if plan_file.exists() else {}
     if "equal_cost" not in plan:
@@ -382,7 +383,6 @@ def equal_cost_steps(work: Path, data: Layout, budget: Budget, seed: int) -> dic
         plan["equal_cost"] = {
             "birq_s_per_step": round(birq_s, 4), "bestrq_s_per_step": round(bestrq_s, 4),
             "ratio": round(ratio, 3), "measured_on": f"seed {seed}",
-            "bestrq_steps": cost_matched(budget.pretrain_steps, round(ratio, 3)),
         }  # fmt: skip
         plan_file.write_text(json.dumps(plan, indent=2) + "\n")
     return plan["equal_cost"]
@@ -633,13 +633,14 @@ def reading(stats: dict, test_set: str) -> list[str]:
     verdict("birq_long vs scratch", f"{long} does BiRQ beat no pretraining?")
     verdict("birq_long vs bestrq_long", f"{long} does BiRQ beat BEST-RQ at equal steps?")
     verdict("birq_long vs bestrq_cost_long", f"{long} does BiRQ beat BEST-RQ at equal compute?")
+    knobs = knob_rows(comps)
     paying = [
         f"`{arm}` ({len(c['seeds'])} seed{'s' if len(c['seeds']) > 1 else ''}: WER "
         f"{c['wer_diff']:+.1f}, CER {c['cer_diff']:+.1f} against `{base}`)"
-        for arm, base in knob_rows(comps)
-        if (c := comps.get(f"{arm} vs {base}")) and c["wer_ci95"][1] < 0 and c["cer_ci95"][1] < 0
+        for arm, base in knobs
+        if (c := comps[f"{arm} vs {base}"])["wer_ci95"][1] < 0 and c["cer_ci95"][1] < 0
     ]  # fmt: skip
-    if knob_rows(comps):
+    if knobs:
         lines.append(
             "- Which probes make pretraining pay in both WER and CER (test CIs below 0)? "
             + (", ".join(paying) + "." if paying else "None so far.")
@@ -984,7 +985,7 @@ def main(argv: list[str] | None = None) -> int:
             if spec.pretrained:
                 source = spec.encoder_of or arm
                 if ARMS[source].equal_cost:
-                    meta["equal_cost"] = equal_cost_steps(work, data, budget, seeds[0])
+                    meta["equal_cost"] = measured_step_cost(work, data, budget, seeds[0])
                 steps = arm_pretrain_steps(source, budget, meta.get("equal_cost"))
                 run = work / "pretrain" / f"{source}-s{seed}"
                 encoder = timed(f"pretrain-{source}-s{seed}", finished(run, steps), pretrain,

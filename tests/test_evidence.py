@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import sys
 
 import numpy as np
@@ -97,7 +98,8 @@ def test_quick_plan_runs_end_to_end_and_resumes(tmp_path):
     # all join the same report.
     probes = run([*cmd, "--arms", "bestrq_freeze,scratch_lr5e-4,bestrq_cost_long"], timeout=600)
     assert probes.returncode == 0, (probes.stdout + probes.stderr)[-4000:]
-    assert "pretraining bestrq-s0" not in probes.stderr
+    pretrained = re.findall(r"evidence: pretraining (\S+) \.\.\.", probes.stderr)
+    assert pretrained == ["bestrq_cost_long-s0"]  # bestrq-s0 and the cost ratio are reused
     ratio = result["equal_cost"]["ratio"]
     long = yaml.safe_load((work / "pretrain" / "bestrq_cost_long-s0" / "config.yaml").read_text())
     assert long["regime"]["num_steps"] == max(12, round(12 * ratio))  # quick: 4 steps, 3x
