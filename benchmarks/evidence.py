@@ -7,9 +7,10 @@ equal pretraining compute, over seeds, with little labelled data.
 
 Plan, per seed (the pretraining and the fine-tuning seed both): pretrain BEST-RQ
 (`bestrq_tiny`) and BiRQ (the defaults) on all the unlabelled training audio with the
-project's own recipe and the same steps; measure BiRQ's step cost against BEST-RQ's in
-those two runs (the recipes' "Compute Time") and pretrain BEST-RQ again for the steps that
-cost buys (`bestrq_cost`: equal compute); fine-tune every encoder, and a randomly
+project's own recipe and the same steps; pretrain BEST-RQ again for the steps that BiRQ's
+step cost buys (`bestrq_cost`: equal compute; the cost ratio is the side-by-side measurement
+of benchmarks/train_throughput.py, or with `--step-cost measure` the ratio of this plan's
+two seed-0 runs); fine-tune every encoder, and a randomly
 initialised one (`scratch`), with the same CTC recipe, steps and labelled subset (about
 `labelled_minutes` of the training utterances, one fixed subset for every arm and seed);
 export each fine-tuned model (`<work>/models/<arm>-s<seed>`, a folder `birq-evaluate
@@ -23,8 +24,8 @@ perplexity) comes from the recipe's last validation and `birq-labels`.
 
 Resumable: a finished run is skipped, an interrupted one resumes from its last checkpoint
 (the recipes do it), and the report is rewritten after every run from whatever exists, so
-a stopped session loses at most the run in flight. The equal-cost step count is measured
-once (seed 0's runs) and kept in `<work>/plan.json`. Writes REPORT.md, results.json and
+a stopped session loses at most the run in flight. The step-cost ratio is read (or
+measured) once and kept in `<work>/plan.json`. Writes REPORT.md, results.json and
 two plots under --out; runs and models stay in --work (not committed).
 """
 
@@ -369,21 +370,39 @@ def arm_pretrain_steps(arm: str, budget: Budget, cost: dict | None) -> int:
     return cost_matched(steps, cost["ratio"]) if spec.equal_cost else steps
 
 
-def measured_step_cost(work: Path, data: Layout, budget: Budget, seed: int) -> dict:
-    """BiRQ's step cost over BEST-RQ's, measured in this plan's own seed-`seed` runs at the
-    budget's steps. Kept in plan.json: every seed and length then uses the same ratio
-    (`arm_pretrain_steps` turns it into steps)."""
+THROUGHPUT_RESULT = ROOT / "benchmarks" / "results" / "throughput" / "throughput.json"
+
+
+def measured_step_cost(
+    work: Path, data: Layout, budget: Budget, seed: int, source: Path | None = THROUGHPUT_RESULT
+) -> dict:
+    """BiRQ's step cost over BEST-RQ's, kept in plan.json on first use, so every seed and
+    length of a plan uses the same ratio (`arm_pretrain_steps` turns it into steps).
+
+    From `source`, the side-by-side, interleaved measurement of the recipe step
+    (benchmarks/train_throughput.py, committed for this project's machine kind), when it
+    exists; with `source=None` (`--step-cost measure`) from this plan's own seed-`seed`
+    runs at the budget's steps, as earlier plans did (a runner sharing the cores skews it:
+    1.30 measured so against 1.18 side by side)."""
     plan_file = work / "plan.json"
     plan = json.loads(plan_file.read_text()) if plan_file.exists() else {}
     if "equal_cost" not in plan:
-        birq = pretrain(work, data, "birq", seed, budget.pretrain_steps, budget)
-        bestrq = pretrain(work, data, "bestrq", seed, budget.pretrain_steps, budget)
-        birq_s, bestrq_s = compute_per_step(birq), compute_per_step(bestrq)
-        ratio = birq_s / bestrq_s
-        plan["equal_cost"] = {
-            "birq_s_per_step": round(birq_s, 4), "bestrq_s_per_step": round(bestrq_s, 4),
-            "ratio": round(ratio, 3), "measured_on": f"seed {seed}",
-        }  # fmt: skip
+        if source is not None and source.exists():
+            side = json.loads(source.read_text())
+            ratio = side["birq_over_bestrq"]
+            plan["equal_cost"] = {
+                "birq_s_per_step": ratio["birq_s_per_step"], "bestrq_s_per_step": ratio["bestrq_s_per_step"],
+                "ratio": ratio["ratio"],
+                "measured_on": f"side by side by benchmarks/train_throughput.py on {side['machine']}",
+            }  # fmt: skip
+        else:
+            birq = pretrain(work, data, "birq", seed, budget.pretrain_steps, budget)
+            bestrq = pretrain(work, data, "bestrq", seed, budget.pretrain_steps, budget)
+            birq_s, bestrq_s = compute_per_step(birq), compute_per_step(bestrq)
+            plan["equal_cost"] = {
+                "birq_s_per_step": round(birq_s, 4), "bestrq_s_per_step": round(bestrq_s, 4),
+                "ratio": round(birq_s / bestrq_s, 3), "measured_on": f"seed {seed}",
+            }  # fmt: skip
         plan_file.write_text(json.dumps(plan, indent=2) + "\n")
     return plan["equal_cost"]
 
@@ -701,7 +720,11 @@ def write_report(
         lines += [
             f"Equal compute: BiRQ's training step cost {cost['birq_s_per_step']:.3f} s against "
             f"BEST-RQ's {cost['bestrq_s_per_step']:.3f} s (ratio {cost['ratio']:.2f}, measured "
-            f"on this machine in this plan's {cost['measured_on']} runs, fairseq2's Compute Time); "
+            + (
+                f"on this machine in this plan's {cost['measured_on']} runs, fairseq2's Compute Time); "
+                if cost["measured_on"].startswith("seed")
+                else f"{cost['measured_on']}); "
+            )
             + ", ".join(
                 f"`{a}` pretrains BEST-RQ for {arm_pretrain_steps(a, budget, cost)} steps"
                 for a in stats["per_arm"]
@@ -926,6 +949,13 @@ def main(argv: list[str] | None = None) -> int:
         "--work", type=Path, help="runs, models, corpus (default: evidence-<budget>/)"
     )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "evidence")
+    parser.add_argument(
+        "--step-cost",
+        default=str(THROUGHPUT_RESULT),
+        metavar="FILE|measure",
+        help="BiRQ/BEST-RQ step-cost ratio of a new plan: the side-by-side benchmark's result "
+        "(default) or 'measure' in the plan's own seed-0 runs",
+    )
     parser.add_argument("--report-only", action="store_true",
                         help="rewrite the report from the runs that exist; run nothing")  # fmt: skip
     args = parser.parse_args(argv)
@@ -985,7 +1015,8 @@ def main(argv: list[str] | None = None) -> int:
             if spec.pretrained:
                 source = spec.encoder_of or arm
                 if ARMS[source].equal_cost:
-                    meta["equal_cost"] = measured_step_cost(work, data, budget, seeds[0])
+                    source = None if args.step_cost == "measure" else Path(args.step_cost)
+                    meta["equal_cost"] = measured_step_cost(work, data, budget, seeds[0], source)
                 steps = arm_pretrain_steps(source, budget, meta.get("equal_cost"))
                 run = work / "pretrain" / f"{source}-s{seed}"
                 encoder = timed(f"pretrain-{source}-s{seed}", finished(run, steps), pretrain,

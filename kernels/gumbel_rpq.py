@@ -526,6 +526,9 @@ def _triton_backward(
 # --------------------------------------------------------------------------- autograd
 
 
+_UINT64 = (1 << 64) - 1
+
+
 class GumbelRPQCrossEntropy(torch.autograd.Function):
     """Fused forward/backward; saves O(N * G * d) state, never O(N * K).
 
@@ -539,6 +542,7 @@ class GumbelRPQCrossEntropy(torch.autograd.Function):
         ctx, x, projection, codebook, log_probs, tau, logit_scale, seed, noise, with_probs,
         passes,
     ):  # fmt: skip
+        seed &= _UINT64  # apply() receives it as a signed int64 (see _fused)
         z, norm = project_normalize(x, projection)
         codebook = codebook.detach().float().contiguous()
         inv_scale, inv_tau = 1.0 / logit_scale, 1.0 / tau
@@ -582,6 +586,9 @@ def _fused(forward, backward):
     passes = (forward, backward)
 
     def run(x, projection, codebook, log_probs, *, tau, logit_scale, seed, noise, with_probs):
+        # The seed as a signed int64 (the same 64 bits): torch's profiler records the
+        # arguments of autograd functions and cannot store an int above 2**63 - 1.
+        seed = (seed & _UINT64) - (1 << 64) if seed & (1 << 63) else seed
         return GumbelRPQCrossEntropy.apply(
             x, projection, codebook, log_probs, tau, logit_scale, seed, bool(noise),
             bool(with_probs), passes,

@@ -60,6 +60,12 @@ class SpeechPipelineConfig:
     """Utterances decoded and featurised in parallel."""
     num_prefetch: int = 4
     """Batches prepared ahead of the trainer."""
+    feature_cache_gb: float = 4.0
+    """Keep each utterance's fbank in memory after its first decoding, up to this many GB
+    per reader (0: off). The features of an utterance are a pure function of the audio and
+    the (seed, utterance) keyed dither, so later epochs (and every validation after the
+    first) read the same values without decoding or featurising again; crops are still
+    drawn per reading. 1 h of audio is about 115 MB."""
 
     def features(self) -> FbankConfig:
         """The settings that travel with a model trained on this pipeline."""
@@ -76,6 +82,8 @@ class SpeechPipelineConfig:
             result.add_error(
                 f"`max_frames_per_batch` ({self.max_frames_per_batch}) must be >= `max_frames` ({self.max_frames})."
             )
+        if self.feature_cache_gb < 0:
+            result.add_error(f"`feature_cache_gb` must be >= 0, got {self.feature_cache_gb}.")
         if self.normalize not in ("utterance", "none"):
             result.add_error(f"`normalize` must be 'utterance' or 'none', got {self.normalize!r}.")
         return result
@@ -111,6 +119,36 @@ class DataStats:
         return sum(n for k, n in self.counts.items() if k != "cropped")
 
 
+class FeatureCache:
+    """Utterance id -> fbank, filled as utterances are first read, up to `max_bytes`
+    (then it stops adding and says so once); thread-safe (pipeline workers)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes, self.num_bytes = max_bytes, 0
+        self._features: dict[str, torch.Tensor] = {}
+        self._lock = threading.Lock()
+        self._full = False
+
+    def get(self, utt_id: str) -> torch.Tensor | None:
+        return self._features.get(utt_id)
+
+    def put(self, utt_id: str, fbank: torch.Tensor) -> None:
+        size = fbank.numel() * fbank.element_size()
+        with self._lock:
+            if self.num_bytes + size > self.max_bytes:
+                if not self._full and self.max_bytes > 0:
+                    log.info(
+                        "Feature cache full (%.1f GB): later utterances are featurised at every "
+                        "reading (raise dataset.pipeline.feature_cache_gb to keep them).",
+                        self.num_bytes / 1e9,
+                    )
+                self._full = True
+                return
+            if utt_id not in self._features:
+                self._features[utt_id] = fbank
+                self.num_bytes += size
+
+
 def build_speech_pipeline(
     utterances: Sequence[Utterance],
     config: SpeechPipelineConfig,
@@ -135,15 +173,19 @@ def build_speech_pipeline(
 
     loader = AudioLoader()
     extractor = FbankExtractor.from_config(config.features())
+    cache = FeatureCache(int(config.feature_cache_gb * 1e9))
 
     def featurize(example: dict[str, Any]) -> dict[str, Any] | None:
         path, utt_id = example["path"], example["id"]
-        try:
-            waveform = loader(path).waveform
-        except AudioError as ex:
-            stats.record(ex.kind, str(ex))
-            return None
-        fbank = extractor(waveform, utterance_seed(seed, utt_id, "dither"))
+        fbank = cache.get(utt_id)
+        if fbank is None:
+            try:
+                waveform = loader(path).waveform
+            except AudioError as ex:
+                stats.record(ex.kind, str(ex))
+                return None
+            fbank = extractor(waveform, utterance_seed(seed, utt_id, "dither"))
+            cache.put(utt_id, fbank)
         num_frames = fbank.shape[0]
         if num_frames < config.min_frames:
             stats.record(

@@ -32,6 +32,7 @@ from fairseq2.models.wav2vec2 import Wav2Vec2Frontend
 from fairseq2.nn import BatchLayout
 from torch import Tensor
 from torch.nn import Linear, Module
+from torch.profiler import record_function
 
 from .config import BirqConfig, MaskingConfig, QuantizerConfig
 
@@ -249,15 +250,17 @@ class BirqModel(Module):
         enhanced = self.has_enhanced and step.enhanced_active
         label_layer, cfg = self.label_layer, self.config.enhanced
         reuse_masked = enhanced and cfg.label_input == "masked"
-        hidden, captured = self.run_encoder(
-            masked_input, layout, capture=(label_layer,) if reuse_masked else ()
-        )
+        with record_function("birq.masked_encoder"):
+            hidden, captured = self.run_encoder(
+                masked_input, layout, capture=(label_layer,) if reuse_masked else ()
+            )
         hidden_masked = hidden[mask]  # (M, model_dim)
         num_targets = hidden_masked.shape[0]
 
         # Anchor labels: the BEST-RQ quantizer on the parameter-free normalised input.
         anchor_q = self.anchor_quantizer
-        anchor_labels = self.anchor_labels(stacked[mask])
+        with record_function("birq.anchor_labels"):
+            anchor_labels = self.anchor_labels(stacked[mask])
         anchor_lp = self._log_probs(self.anchor_head, hidden_masked, anchor_q)
         anchor_loss = -anchor_lp.gather(2, anchor_labels[..., None]).sum() / anchor_q.num_codebooks
         anchor_correct = (
@@ -268,24 +271,26 @@ class BirqModel(Module):
         loss = anchor_loss
         if enhanced:
             assert self.enhanced_head is not None and self.enhanced_quantizer is not None
-            if reuse_masked:
-                label_hidden = captured[label_layer]
-            elif cfg.label_grad == "stop":
-                with torch.no_grad():
+            with record_function("birq.label_generator"):
+                if reuse_masked:
+                    label_hidden = captured[label_layer]
+                elif cfg.label_grad == "stop":
+                    with torch.no_grad():
+                        label_hidden, _ = self.run_encoder(stacked, layout, upto=label_layer)
+                else:
                     label_hidden, _ = self.run_encoder(stacked, layout, upto=label_layer)
-            else:
-                label_hidden, _ = self.run_encoder(stacked, layout, upto=label_layer)
             label_input = self.normalize_label_input(label_hidden, layout)[mask]
             if cfg.label_grad == "stop":
                 label_input = label_input.detach()
             enh_q = self.enhanced_quantizer
             enhanced_lp = self._log_probs(self.enhanced_head, hidden_masked, enh_q)
             with_probs = cfg.diversity_weight > 0
-            per_frame, enhanced_labels, *prob_sums = gumbel_rpq_cross_entropy(
-                label_input, enh_q.projection, enh_q.codebook, enhanced_lp,
-                tau=step.tau, logit_scale=cfg.logit_scale, seed=step.seed,
-                noise=cfg.gumbel_noise, with_probs=with_probs, check_codebook_norm=False,
-            )  # fmt: skip
+            with record_function("birq.enhanced_labels_loss"):
+                per_frame, enhanced_labels, *prob_sums = gumbel_rpq_cross_entropy(
+                    label_input, enh_q.projection, enh_q.codebook, enhanced_lp,
+                    tau=step.tau, logit_scale=cfg.logit_scale, seed=step.seed,
+                    noise=cfg.gumbel_noise, with_probs=with_probs, check_codebook_norm=False,
+                )  # fmt: skip
             enhanced_loss = per_frame.sum() / enh_q.num_codebooks
             enhanced_correct = (
                 enhanced_lp.argmax(-1) == enhanced_labels

@@ -25,6 +25,7 @@ from fairseq2.utils.validation import ValidationResult
 
 from birq_fs2.data.dataset import BIRQ_ASR_FAMILY
 from birq_fs2.data.pipeline import SpeechPipelineConfig
+from birq_fs2.recipes.speed import SpeedSection
 
 
 @dataclass(kw_only=True)
@@ -88,6 +89,8 @@ class BirqFinetuneConfig:
         default_factory=lambda: ModelSection(family=WAV2VEC2_ASR_FAMILY, arch="birq_base")
     )
     pretrained: PretrainedEncoderSection = field(default_factory=PretrainedEncoderSection)
+    speed: SpeedSection = field(default_factory=SpeedSection)
+    """Throughput knobs that keep the computation (birq_fs2.recipes.speed); all on."""
     dataset: FinetuneDatasetSection = field(default_factory=FinetuneDatasetSection)
     gang: GangSection = field(default_factory=GangSection)
     trainer: TrainerSection = field(

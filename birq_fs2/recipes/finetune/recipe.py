@@ -39,6 +39,7 @@ from birq_fs2.recipes.parallel import (
     prepare_data_parallel,
 )
 from birq_fs2.recipes.resume import GracefulStop
+from birq_fs2.recipes.speed import apply_speed
 from birq_fs2.scoring import count_errors
 
 from .config import BirqFinetuneConfig
@@ -56,32 +57,9 @@ class BirqFinetuneRecipe(Recipe):
     @override
     def setup_model(self, context: RecipeContext, model: Module, newly_initialized: bool) -> Module:
         config = context.get_config_as(BirqFinetuneConfig)
-        source = config.pretrained.model
-        if not newly_initialized:
-            return model  # resumed: the checkpoint holds the fine-tuned weights
-        if source is None:
-            log.info(
-                "birq-finetune: no pretrained encoder; training from random weights (baseline)."
-            )
-            return model
-        pretrained_source = resolve_model(source, step=config.pretrained.step)
-        trained_on, tuning_on = pretrained_source.features, config.dataset.pipeline.features()
-        if trained_on is not None and trained_on != tuning_on:
-            # Allowed (a deliberate change is possible) but rarely what anyone wants.
-            log.warning(
-                "birq-finetune: {} was pretrained on features {} but dataset.pipeline gives {}.",
-                source, trained_on.to_dict(), tuning_on.to_dict(),
-            )  # fmt: skip
-        if any(p.is_meta for p in model.parameters()):
-            # fairseq2 initialises a new model on data-parallel rank 0 only; the other
-            # ranks hold meta tensors and receive rank 0's weights when it is wrapped.
-            return model
-        pretrained = pretrained_source.load(device=torch.device("cpu"))
-        with torch.no_grad():
-            n = transfer_encoder(pretrained, model, source)
-        where = f" (step {pretrained_source.step})" if pretrained_source.step else ""
-        log.info("birq-finetune: encoder initialised from {}{} ({} tensors).", source, where, n)
-        return model
+        if newly_initialized:  # resumed: the checkpoint holds the fine-tuned weights
+            _initialise_encoder(model, config)
+        return apply_speed(model, config.speed)
 
     @override
     def create_task(self, context: RecipeContext) -> Task:
@@ -148,6 +126,32 @@ def _save_vocabulary(vocab: CharVocabulary, context: RecipeContext, data_path: o
     elif context.gangs.root.rank == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
         vocab.save(path)
+
+
+def _initialise_encoder(model: Module, config: BirqFinetuneConfig) -> None:
+    """A new model receives the encoder of `pretrained.model` (or keeps its random weights:
+    the no-pretraining baseline)."""
+    source = config.pretrained.model
+    if source is None:
+        log.info("birq-finetune: no pretrained encoder; training from random weights (baseline).")
+        return
+    pretrained_source = resolve_model(source, step=config.pretrained.step)
+    trained_on, tuning_on = pretrained_source.features, config.dataset.pipeline.features()
+    if trained_on is not None and trained_on != tuning_on:
+        # Allowed (a deliberate change is possible) but rarely what anyone wants.
+        log.warning(
+            "birq-finetune: {} was pretrained on features {} but dataset.pipeline gives {}.",
+            source, trained_on.to_dict(), tuning_on.to_dict(),
+        )  # fmt: skip
+    if any(p.is_meta for p in model.parameters()):
+        # fairseq2 initialises a new model on data-parallel rank 0 only; the other
+        # ranks hold meta tensors and receive rank 0's weights when it is wrapped.
+        return
+    pretrained = pretrained_source.load(device=torch.device("cpu"))
+    with torch.no_grad():
+        n = transfer_encoder(pretrained, model, source)
+    where = f" (step {pretrained_source.step})" if pretrained_source.step else ""
+    log.info("birq-finetune: encoder initialised from {}{} ({} tensors).", source, where, n)
 
 
 @final

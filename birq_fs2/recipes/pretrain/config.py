@@ -25,6 +25,7 @@ from fairseq2.utils.validation import ValidationResult
 from birq_fs2.data.dataset import BIRQ_SPEECH_FAMILY
 from birq_fs2.data.pipeline import SpeechPipelineConfig
 from birq_fs2.models.config import BIRQ_FAMILY
+from birq_fs2.recipes.speed import SpeedSection
 
 
 @dataclass(kw_only=True)
@@ -122,6 +123,8 @@ class BirqPretrainConfig:
         )
     )
     schedule: BirqScheduleSection = field(default_factory=BirqScheduleSection)
+    speed: SpeedSection = field(default_factory=SpeedSection)
+    """Throughput knobs that keep the computation (birq_fs2.recipes.speed); all on."""
     optimizer: OptimizerSection = field(
         default_factory=lambda: OptimizerSection(
             name=ADAMW_OPTIMIZER,

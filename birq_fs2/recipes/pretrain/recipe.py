@@ -51,6 +51,7 @@ from birq_fs2.recipes.parallel import (
     prepare_data_parallel,
 )
 from birq_fs2.recipes.resume import GracefulStop
+from birq_fs2.recipes.speed import apply_speed
 from birq_fs2.seeds import derive_seed
 
 from .config import BirqPretrainConfig, BirqScheduleSection
@@ -63,6 +64,10 @@ class BirqPretrainRecipe(Recipe):
         register_birq_cli_errors(container)
         register_metric_descriptors(container, PRETRAIN_METRICS)
         register_metric_descriptors(container, LABEL_QUALITY_METRICS)
+
+    @override
+    def setup_model(self, context: RecipeContext, model: Module, newly_initialized: bool) -> Module:
+        return apply_speed(model, context.get_config_as(BirqPretrainConfig).speed)
 
     @override
     def create_task(self, context: RecipeContext) -> Task:

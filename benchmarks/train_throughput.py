@@ -1,0 +1,458 @@
+"""Training throughput of the recipes on this machine: the stock path against the fast one,
+side by side, and where one step's time goes.
+
+    python benchmarks/train_throughput.py [--corpus DIR] [--work DIR] [--out DIR]
+        [--repeats 2] [--pretrain-steps 200] [--finetune-steps 150] [--bf16] [--quick]
+
+1. **Recipe runs** (the real thing: fairseq2's trainer, the data pipeline, the CPU presets'
+   batches, validation and checkpoints at the presets' cadence): BEST-RQ tiny, BiRQ tiny
+   and CTC fine-tuning (from scratch), each on the stock path (every `speed.*` knob off,
+   no feature cache) and on the fast path (the defaults), interleaved stock, fast, stock,
+   fast, ... so that drift of the machine hits both alike. Steady-state seconds per step
+   from fairseq2's own timers (metrics/train.jsonl: lapse, compute and data time of every
+   publish interval but the first), and each run's whole wall time. "Same results": the
+   training loss of the two paths against the run-to-run spread (the stock path with
+   another seed); anchor labels do not depend on the path (tests/test_speed.py).
+   BiRQ/BEST-RQ step-cost ratio from the interleaved pairs (the equal-compute arms of
+   benchmarks/evidence.py read it from here).
+2. **Where the time goes**: one process per (model, path) runs the recipe's own train unit
+   on the presets' batches from the real pipeline under torch's profiler: data, forward
+   (with the model's own ranges: masked encoder, label generator, labels and losses),
+   backward, gradient clipping, optimizer; and the top operators.
+
+Writes throughput.json / throughput.md under --out. With --bf16 a third path (the fast
+path with bf16 autocast, `trainer.mixed_precision.mode=auto`, torch.amp autocast) is measured too: not the
+same arithmetic, so it is reported apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PRETRAIN_PRESET = ROOT / "birq_fs2/recipes/pretrain/configs/tiny_cpu.yaml"
+FINETUNE_PRESET = ROOT / "birq_fs2/recipes/finetune/configs/tiny_cpu.yaml"
+
+STOCK = [
+    "speed.fused_attention=false", "speed.fast_dropout=false", "speed.tune_malloc=false",
+    "optimizer.config.impl=auto",
+    "dataset.pipeline.feature_cache_gb=0",
+]  # fmt: skip
+PATHS = {
+    "stock": STOCK,
+    "fast": [],
+    "fast_bf16": ["trainer.mixed_precision.mode=auto", "trainer.mixed_precision.dtype=bfloat16"],
+}
+MODELS = {
+    "bestrq": ("pretrain", ["model.arch=bestrq_tiny"]),
+    "birq": ("pretrain", ["model.arch=tiny"]),
+    "ctc": ("finetune", []),
+}
+LOSS_KEY = {"pretrain": "Loss", "finetune": "CTC Loss"}
+
+
+# --- 1. recipe runs --------------------------------------------------------------------
+
+
+def run_recipe(
+    work: Path, corpus: Path, model: str, path: str, seed: int, steps: int, tag: str
+) -> dict:
+    recipe, extra = MODELS[model]
+    preset = PRETRAIN_PRESET if recipe == "pretrain" else FINETUNE_PRESET
+    # The presets' cadence (pretraining: 2 validations per run; fine-tuning: 3), in
+    # multiples of the publish interval (10) as fairseq2 requires.
+    every = max(10, steps // (2 if recipe == "pretrain" else 3) // 10 * 10)
+    out = work / "runs" / f"{model}-{path}-s{seed}-{tag}"
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [
+        sys.executable, "-m", f"birq_fs2.recipes.{recipe}", str(out), "--config-file", str(preset),
+        "--config", f"dataset.config_overrides.path={corpus}", f"common.seed={seed}",
+        f"regime.num_steps={steps}", f"regime.validate_every_n_steps={every}",
+        f"regime.checkpoint_every_n_steps={every}", "regime.publish_metrics_every_n_steps=10",
+        *([f"lr_scheduler.config.num_warmup_steps={max(1, steps // 10)}"] if recipe == "pretrain" else []),
+        *extra, *PATHS[path],
+    ]  # fmt: skip
+    print(f"throughput: {model} {path} seed {seed} ({tag}) ...", file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    log = work / "logs" / f"{out.name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as f:
+        proc = subprocess.run(
+            cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "FAIRSEQ2_NO_PROGRESS": "1"}
+        )
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"{out.name} failed (exit {proc.returncode}); log {log}:\n{log.read_text()[-2000:]}"
+        )
+    rows = [json.loads(line) for line in (out / "metrics/train.jsonl").read_text().splitlines()]
+    steady = rows[1:] or rows  # every interval but the first (start-up), if there are more
+    n = steady[-1]["Step"] - (rows[0]["Step"] if len(rows) > 1 else 0)
+    per_step = {
+        key: sum(r[key] for r in steady) / n for key in ("Lapse Time", "Compute Time", "Data Time")
+    }
+    result = {
+        "model": model, "path": path, "seed": seed, "steps": steps, "wall_s": round(wall, 2),
+        "s_per_step": per_step["Lapse Time"], "compute_s_per_step": per_step["Compute Time"],
+        "data_s_per_step": per_step["Data Time"],
+        "loss": [(r["Step"], r[LOSS_KEY[recipe]]) for r in rows],
+    }  # fmt: skip
+    valid = out / "metrics/valid/valid.jsonl"
+    if recipe == "finetune" and valid.exists():
+        last = [json.loads(line) for line in valid.read_text().splitlines()][-1]
+        result["dev_wer"] = last.get("Word Error Rate (WER)")
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)  # keep metrics and logs only
+    return result
+
+
+def final_loss(run: dict, window: int = 5) -> float:
+    return statistics.mean(v for _, v in run["loss"][-window:])
+
+
+# --- 2. where the time goes ------------------------------------------------------------
+
+
+def profile_worker(corpus: Path, model_name: str, path: str, steps: int, warmup: int) -> dict:
+    """The pretraining recipe's train unit on the preset's batches, under the profiler."""
+    import torch
+    import yaml
+    from fairseq2.metrics import MetricBag
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    from birq_fs2.data.corpus import load_split
+    from birq_fs2.data.pipeline import DataStats, SpeechPipelineConfig, build_speech_pipeline
+    from birq_fs2.models.config import ARCHS
+    from birq_fs2.models.factory import create_birq_model
+    from birq_fs2.recipes.pretrain.config import BirqScheduleSection
+    from birq_fs2.recipes.pretrain.recipe import BirqTrainUnit, StepSchedule
+    from birq_fs2.recipes.speed import SpeedSection, apply_speed
+
+    preset = yaml.safe_load(PRETRAIN_PRESET.read_text())
+    off = path == "stock"
+    pipeline_config = SpeechPipelineConfig(
+        **preset["dataset"]["pipeline"], feature_cache_gb=0 if off else 4.0
+    )
+    arch = "bestrq_tiny" if model_name == "bestrq" else "tiny"
+    torch.manual_seed(0)
+    model = create_birq_model(ARCHS[arch]()).train()
+    apply_speed(
+        model, SpeedSection(fused_attention=not off, fast_dropout=not off, tune_malloc=not off)
+    )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    schedule = StepSchedule(BirqScheduleSection(refine_start_step=0), 10_000, 0, 0)
+    stats = DataStats()
+    unit = BirqTrainUnit(model, model, schedule, stats)
+    bag = MetricBag(device=torch.device("cpu"))
+    unit.prepare_metric_bag(bag)
+    utterances = load_split(corpus, "train")
+    batches = iter(
+        build_speech_pipeline(utterances, pipeline_config, seed=0, stats=stats, repeat=True)
+    )
+
+    def step(step_nr: int) -> None:
+        with record_function("data"):
+            batch = next(batches)
+        unit.set_step_nr(step_nr)
+        with record_function("forward"):
+            loss, num_targets = unit.process_batch(batch, bag)
+        with record_function("backward"):
+            (loss / num_targets).backward()
+        with record_function("grad_norm"):
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+        with record_function("optimizer"):
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+    # Past the first epoch of the corpus (the feature cache's steady state) when asked.
+    for i in range(warmup):
+        step(i + 1)
+    started = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for i in range(steps):
+            step(warmup + i + 1)
+    wall = (time.perf_counter() - started) / steps
+    parts = {}
+    for event in prof.key_averages():
+        if event.key in (
+            "data",
+            "forward",
+            "backward",
+            "grad_norm",
+            "optimizer",
+        ) or event.key.startswith("birq."):
+            parts[event.key] = event.cpu_time_total / steps / 1e6
+    ops = sorted(
+        (e for e in prof.key_averages() if e.key.startswith("aten::")),
+        key=lambda e: -e.self_cpu_time_total,
+    )[:12]
+    return {
+        "model": model_name, "path": path, "s_per_step": wall, "parts_s": parts,
+        "top_ops": [(e.key, e.self_cpu_time_total / steps / 1e6, e.count // steps) for e in ops],
+    }  # fmt: skip
+
+
+def profile_run(corpus: Path, model: str, path: str, steps: int, warmup: int) -> dict:
+    cmd = [sys.executable, __file__, "--profile-worker", f"{model}:{path}", "--corpus", str(corpus),
+           "--profile-steps", str(steps), "--profile-warmup", str(warmup)]  # fmt: skip
+    print(f"throughput: profiling {model} {path} ...", file=sys.stderr, flush=True)
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, env={**os.environ, "FAIRSEQ2_NO_PROGRESS": "1"}
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"profile {model} {path} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# --- report ----------------------------------------------------------------------------
+
+
+def summarise(runs: list[dict], paths: list[str]) -> dict:
+    out: dict = {}
+    for model in MODELS:
+        mine = [r for r in runs if r["model"] == model]
+        if not mine:
+            continue
+        row: dict = {}
+        for path in paths:
+            same = [r for r in mine if r["path"] == path and r["seed"] == 0]
+            if not same:
+                continue
+            row[path] = {
+                "s_per_step": statistics.mean(r["s_per_step"] for r in same),
+                "s_per_step_all": [round(r["s_per_step"], 4) for r in same],
+                "compute_s_per_step": statistics.mean(r["compute_s_per_step"] for r in same),
+                "data_s_per_step": statistics.mean(r["data_s_per_step"] for r in same),
+                "wall_s": statistics.mean(r["wall_s"] for r in same),
+                "final_loss": statistics.mean(final_loss(r) for r in same),
+                **({"dev_wer": statistics.mean(r["dev_wer"] for r in same)} if "dev_wer" in same[0] else {}),
+            }  # fmt: skip
+        noise = [r for r in mine if r["path"] == "stock" and r["seed"] == 1]
+        if noise:
+            row["stock_seed1"] = {
+                "final_loss": final_loss(noise[0]),
+                **({"dev_wer": noise[0]["dev_wer"]} if "dev_wer" in noise[0] else {}),
+            }
+        for path in paths[1:]:
+            if path in row and "stock" in row:
+                pairs = zip(
+                    [r for r in mine if r["path"] == "stock" and r["seed"] == 0],
+                    [r for r in mine if r["path"] == path and r["seed"] == 0],
+                    strict=True,
+                )
+                ratios = [a["s_per_step"] / b["s_per_step"] for a, b in pairs]
+                row[path]["speedup"] = statistics.mean(ratios)
+                row[path]["speedup_all"] = [round(x, 3) for x in ratios]
+                row[path]["wall_speedup"] = row["stock"]["wall_s"] / row[path]["wall_s"]
+        out[model] = row
+    return out
+
+
+def step_cost_ratio(runs: list[dict], path: str) -> dict | None:
+    """BiRQ's seconds per step over BEST-RQ's, from runs made back to back (same repeat)."""
+    birq = [r for r in runs if r["model"] == "birq" and r["path"] == path and r["seed"] == 0]
+    bestrq = [r for r in runs if r["model"] == "bestrq" and r["path"] == path and r["seed"] == 0]
+    if not birq or not bestrq:
+        return None
+    ratios = [a["s_per_step"] / b["s_per_step"] for a, b in zip(birq, bestrq, strict=True)]
+    return {"ratio": round(statistics.mean(ratios), 3), "ratios": [round(x, 3) for x in ratios],
+            "birq_s_per_step": round(statistics.mean(r["s_per_step"] for r in birq), 4),
+            "bestrq_s_per_step": round(statistics.mean(r["s_per_step"] for r in bestrq), 4), "path": path}  # fmt: skip
+
+
+def write_report(report: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "throughput.json").write_text(json.dumps(report, indent=2) + "\n")
+    s, cfg = report["summary"], report["config"]
+    titles = {
+        "bestrq": "BEST-RQ tiny pretraining",
+        "birq": "BiRQ tiny pretraining",
+        "ctc": "CTC fine-tuning (tiny)",
+    }
+    md = [
+        "# Training throughput: stock path vs fast path", "",
+        f"{report['machine']}; torch {report['torch']}; {cfg['repeats']} interleaved repeats per path; "
+        f"{cfg['pretrain_steps']} pretraining / {cfg['finetune_steps']} fine-tuning steps per run on "
+        f"`{cfg['corpus']}` with the CPU presets (batches of 8000 padded fbank frames, validation and "
+        "checkpoints included in the wall time). Seconds per step: fairseq2's lapse time per step over "
+        "every publish interval but the first (data wait + compute). Generated by "
+        "`benchmarks/train_throughput.py`.", "",
+        "| recipe | stock s/step | fast s/step | speed-up (per repeat) | compute s/step stock -> fast | "
+        "data s/step stock -> fast | run wall s stock -> fast |",
+        "|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for model, row in s.items():
+        if "stock" not in row or "fast" not in row:
+            continue
+        a, b = row["stock"], row["fast"]
+        md.append(
+            f"| {titles[model]} | {a['s_per_step']:.3f} | {b['s_per_step']:.3f} | **{b['speedup']:.2f}x** "
+            f"({', '.join(f'{x:.2f}' for x in b['speedup_all'])}) | {a['compute_s_per_step']:.3f} -> "
+            f"{b['compute_s_per_step']:.3f} | {a['data_s_per_step']:.3f} -> {b['data_s_per_step']:.3f} | "
+            f"{a['wall_s']:.0f} -> {b['wall_s']:.0f} ({b['wall_speedup']:.2f}x) |"
+        )
+    if any("fast_bf16" in row for row in s.values()):
+        md += ["", "Not the same arithmetic (bf16 autocast, `trainer.mixed_precision.mode=auto`, torch.amp autocast), reported apart:", "",
+               "| recipe | fast_bf16 s/step | x stock | final loss (stock / fast / bf16) |", "|---|---|---|---|"]  # fmt: skip
+        for model, row in s.items():
+            if "fast_bf16" in row:
+                c = row["fast_bf16"]
+                md.append(
+                    f"| {titles[model]} | {c['s_per_step']:.3f} | {c['speedup']:.2f}x | "
+                    f"{row['stock']['final_loss']:.3f} / {row['fast']['final_loss']:.3f} / {c['final_loss']:.3f} |"
+                )
+    md += ["", "## Same results", "",
+           "Training loss averaged over the last 5 publish points (50 steps) of each run: the fast path "
+           "against the stock path, next to the stock path with another seed (the run-to-run spread: "
+           "other masks, dropout, batch order). Dropout draws a different stream on the fast path, so "
+           "its runs are another draw of the same experiment, not a bit-identical copy.", "",
+           "| recipe | stock (seed 0) | fast (seed 0) | stock (seed 1) | fast - stock | seed 1 - seed 0 | dev WER stock / fast / seed 1 |",
+           "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for model, row in s.items():
+        if "stock_seed1" not in row or "fast" not in row:
+            continue
+        a, b, c = (
+            row["stock"]["final_loss"],
+            row["fast"]["final_loss"],
+            row["stock_seed1"]["final_loss"],
+        )
+        wer = (
+            f"{row['stock']['dev_wer']:.1f} / {row['fast']['dev_wer']:.1f} / {row['stock_seed1']['dev_wer']:.1f}"
+            if "dev_wer" in row["stock"] else ""
+        )  # fmt: skip
+        md.append(
+            f"| {titles[model]} | {a:.3f} | {b:.3f} | {c:.3f} | {b - a:+.3f} | {c - a:+.3f} | {wer} |"
+        )
+    ratio = report.get("birq_over_bestrq")
+    if ratio:
+        md += ["", "## BiRQ / BEST-RQ step cost", "",
+               f"Seconds per step, runs made back to back on the {ratio['path']} path: BiRQ {ratio['birq_s_per_step']:.3f}, "
+               f"BEST-RQ {ratio['bestrq_s_per_step']:.3f}, ratio **{ratio['ratio']:.2f}** (per repeat: "
+               f"{', '.join(f'{x:.2f}' for x in ratio['ratios'])}). `benchmarks/evidence.py` gives its equal-compute "
+               "BEST-RQ arms this many times the steps."]  # fmt: skip
+    if report.get("profile"):
+        md += ["", "## Where one step's time goes", "",
+               f"The pretraining recipe's train unit (`BirqTrainUnit`) on the preset's batches from the real pipeline, "
+               f"under torch's profiler ({cfg['profile_steps']} steps after {cfg['profile_warmup']}: past the first epoch, "
+               "so the fast path reads cached features). Milliseconds per step; the model's own ranges are inside forward.", "",
+               "| part | " + " | ".join(f"{p['model']} {p['path']}" for p in report["profile"]) + " |",
+               "|---|" + "---|" * len(report["profile"])]  # fmt: skip
+        keys = ["data", "forward", "birq.masked_encoder", "birq.anchor_labels", "birq.label_generator",
+                "birq.enhanced_labels_loss", "backward", "grad_norm", "optimizer"]  # fmt: skip
+        for key in keys:
+            cells = [
+                f"{1000 * p['parts_s'][key]:.0f}" if key in p["parts_s"] else "-"
+                for p in report["profile"]
+            ]
+            md.append(f"| {key.replace('birq.', '&nbsp;&nbsp;')} | " + " | ".join(cells) + " |")
+        md.append(
+            "| **step (wall)** | "
+            + " | ".join(f"**{1000 * p['s_per_step']:.0f}**" for p in report["profile"])
+            + " |"
+        )
+        for p in report["profile"]:
+            md += ["", f"Top operators, {p['model']} {p['path']} (self CPU ms per step, calls per step): "
+                   + ", ".join(f"`{k[6:]}` {1000 * t:.0f} ({n})" for k, t, n in p["top_ops"][:8]) + "."]  # fmt: skip
+    if report.get("notes"):
+        md += ["", "## Notes", "", *report["notes"]]
+    (out / "throughput.md").write_text("\n".join(md) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--corpus", type=Path, help="a corpus (default: synthesise the demo's 1 h in --work)"
+    )
+    parser.add_argument("--work", type=Path, default=Path("throughput-work"))
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/throughput")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--pretrain-steps", type=int, default=200)
+    parser.add_argument("--finetune-steps", type=int, default=150)
+    parser.add_argument("--models", default="bestrq,birq,ctc")
+    parser.add_argument(
+        "--bf16", action="store_true", help="also measure the fast path with bf16 autocast"
+    )
+    parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--profile-steps", type=int, default=10)
+    parser.add_argument("--profile-warmup", type=int, default=50)
+    parser.add_argument("--quick", action="store_true", help="a 2-minute smoke run (tests)")
+    parser.add_argument("--profile-worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.profile_worker:
+        model, path = args.profile_worker.split(":")
+        print(
+            json.dumps(
+                profile_worker(args.corpus, model, path, args.profile_steps, args.profile_warmup)
+            )
+        )
+        return 0
+    if args.quick:
+        args.repeats, args.pretrain_steps, args.finetune_steps = 1, 20, 20
+        args.profile_steps, args.profile_warmup = 2, 1
+    import torch
+
+    corpus = args.corpus
+    if corpus is None:
+        corpus = args.work / "corpus"
+        if not (corpus / "SPEAKERS.TXT").exists():
+            hours = "0.05" if args.quick else "1"
+            subprocess.run([sys.executable, "-m", "birq_fs2.cli.data", "synth", str(corpus), "--hours", hours,
+                            "--seed", "0"], check=True)  # fmt: skip
+    paths = ["stock", "fast"] + (["fast_bf16"] if args.bf16 else [])
+    models = args.models.split(",")
+    runs = []
+    for rep in range(args.repeats):
+        for model in models:
+            steps = args.pretrain_steps if MODELS[model][0] == "pretrain" else args.finetune_steps
+            for path in paths:
+                runs.append(run_recipe(args.work, corpus, model, path, 0, steps, f"r{rep}"))
+    for model in models:  # the run-to-run spread
+        steps = args.pretrain_steps if MODELS[model][0] == "pretrain" else args.finetune_steps
+        runs.append(run_recipe(args.work, corpus, model, "stock", 1, steps, "spread"))
+    profile = []
+    if not args.no_profile:
+        for model in (m for m in models if MODELS[m][0] == "pretrain"):
+            for path in ("stock", "fast"):
+                profile.append(
+                    profile_run(corpus, model, path, args.profile_steps, args.profile_warmup)
+                )
+    report = {
+        "machine": f"{os.cpu_count()} CPU cores ({_cpu_name()}), CPU only",
+        "torch": torch.__version__,
+        "config": {
+            "repeats": args.repeats,
+            "pretrain_steps": args.pretrain_steps,
+            "finetune_steps": args.finetune_steps,
+            "corpus": str(corpus),
+            "profile_steps": args.profile_steps,
+            "profile_warmup": args.profile_warmup,
+        },  # fmt: skip
+        "summary": summarise(runs, paths),
+        "birq_over_bestrq": step_cost_ratio(runs, "fast"),
+        "birq_over_bestrq_stock": step_cost_ratio(runs, "stock"),
+        "profile": profile,
+        "runs": runs,
+    }
+    write_report(report, args.out)
+    print((args.out / "throughput.md").read_text())
+    return 0
+
+
+def _cpu_name() -> str:
+    for line in (
+        Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+    ):
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
