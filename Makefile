@@ -49,14 +49,14 @@ lint: setup
 	$(PY) -m ruff check birq_fs2 kernels tests benchmarks
 
 # The main job: synthesise the demo corpus (train ~1 h; dev and test from held-out
-# speakers), check it, measure the data pipeline, pretrain BiRQ tiny on all of it (1000
-# steps: the longest that fits 25 minutes on 2 cores; pretraining pays in the evidence
-# from 1200, not at 400), export
-# the encoder, fine-tune it with CTC on about 10 minutes of it (the low-label regime of
-# benchmarks/evidence.py) next to a from-scratch baseline with the same budget, evaluate
-# both on the test speakers, and write $(OUT)/REPORT.md. QUICK=1 runs the same path on a
-# tiny corpus with a few steps (about 2 minutes) in demo-out-quick/. Re-running reuses
-# the corpus and the finished runs (an interrupted run resumes from its last checkpoint).
+# speakers), check it, measure the data pipeline, pretrain BiRQ tiny on all of it (1200
+# steps: the length at which pretraining pays in benchmarks/evidence.py; 400 does not;
+# affordable in the demo since the fast training path, benchmarks/train_throughput.py),
+# export the encoder, fine-tune it with CTC on about 10 minutes of it (the low-label regime
+# of the evidence) next to a from-scratch baseline with the same budget, evaluate both on
+# the test speakers, and write $(OUT)/REPORT.md. QUICK=1 runs the same path on a tiny
+# corpus with a few steps (about 2 minutes) in demo-out-quick/. Re-running reuses the
+# corpus and the finished runs (an interrupted run resumes from its last checkpoint).
 OUT ?= $(if $(QUICK),demo-out-quick,demo-out)
 PRETRAIN_CFG := birq_fs2/recipes/pretrain/configs/tiny_cpu.yaml
 FINETUNE_CFG := birq_fs2/recipes/finetune/configs/tiny_cpu.yaml
