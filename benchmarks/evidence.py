@@ -1015,8 +1015,8 @@ def main(argv: list[str] | None = None) -> int:
             if spec.pretrained:
                 source = spec.encoder_of or arm
                 if ARMS[source].equal_cost:
-                    source = None if args.step_cost == "measure" else Path(args.step_cost)
-                    meta["equal_cost"] = measured_step_cost(work, data, budget, seeds[0], source)
+                    cost_file = None if args.step_cost == "measure" else Path(args.step_cost)
+                    meta["equal_cost"] = measured_step_cost(work, data, budget, seeds[0], cost_file)
                 steps = arm_pretrain_steps(source, budget, meta.get("equal_cost"))
                 run = work / "pretrain" / f"{source}-s{seed}"
                 encoder = timed(f"pretrain-{source}-s{seed}", finished(run, steps), pretrain,
