@@ -33,9 +33,9 @@ class SpeedSection:
     tune_malloc: bool = True
     """glibc malloc keeps freed blocks up to 32 MiB in the heap (M_MMAP_THRESHOLD) and
     never gives freed memory back to the OS mid-run (M_TRIM_THRESHOLD): without it, every
-    step maps fresh pages for its attention scores and page-faults on them (a quarter of
-    the process's CPU time went to the kernel). Costs resident memory: the process keeps
-    its peak. glibc (Linux) only; elsewhere a no-op."""
+    step maps fresh pages for its attention scores and page-faults on them (a sixth of a
+    pretraining run's CPU time went to the kernel; 4.4x fewer page faults with it). Costs
+    resident memory: the process keeps its peak. glibc (Linux) only; elsewhere a no-op."""
 
 
 def apply_speed(model: Module, section: SpeedSection) -> Module:
