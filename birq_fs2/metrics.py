@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
+from fairseq2.metrics import Mean
 from fairseq2.metrics.formatters import format_as_float, format_as_int
 from fairseq2.metrics.recorders import MetricDescriptor
 from fairseq2.runtime.dependency import DependencyContainer
@@ -30,6 +31,20 @@ class Metric:
     formatter: Callable[[object], str] = format_as_float
     builtin: bool = False
     """Registered by fairseq2 itself; listed so that reports read its display name here."""
+
+
+class QuietMean(Mean):
+    """torcheval's `Mean` logs "No calls to update() have been made" whenever its weighted
+    sum is exactly 0, which a metric that is truly 0 hits on every publish (BiRQ's
+    enhanced-loss weight before refine start; always in BEST-RQ). This one computes the
+    mean whenever it has weight, NaN when it saw no update in the interval (the enhanced
+    metrics of a BEST-RQ run or of BiRQ before refine start, which the recipe then leaves
+    out of the record), and never warns."""
+
+    def compute(self) -> torch.Tensor:
+        if not self.weights:
+            return torch.tensor(float("nan"), dtype=torch.float64)
+        return self.weighted_sum / self.weights
 
 
 def _table(*metrics: Metric) -> dict[str, Metric]:

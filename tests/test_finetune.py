@@ -333,3 +333,41 @@ def test_weights_that_would_run_code_are_refused(tmp_path, corpus, pretrained, f
     err = capsys.readouterr().err.strip()
     assert f"{card_dir / 'asr.pt'}: refused" in err and len(err.splitlines()) == 1, err
     assert not marker.exists()  # no payload ran anywhere
+
+
+@pytest.mark.parametrize("part", ["trainer", "optimizer", "data_reader"])
+def test_resuming_a_poisoned_run_folder_refuses_it_and_runs_nothing(
+    tmp_path, corpus, pretrained, part
+):
+    """fairseq2 reads these states with an unrestricted unpickler; the extension's
+    allow-list loader refuses the payload on resume, naming the file, in one line."""
+    from birq_fs2.checkpoints import checkpoint_steps
+
+    marker = tmp_path / "payload-ran"
+    run_dir = tmp_path / "run"
+    shutil.copytree(pretrained, run_dir)
+    step_dir = run_dir / "checkpoints" / f"step_{max(checkpoint_steps(run_dir))}"
+    (target,) = sorted((step_dir / part).rglob("*.pt"))
+    state = torch.load(target, weights_only=False)  # our own fixture's file
+    state["payload"] = _Payload(marker)
+    torch.save(state, target)
+    proc = run(
+        pretrain_cmd(
+            run_dir,
+            corpus,
+            "regime.num_steps=6",
+            "regime.publish_metrics_every_n_steps=2",
+            "regime.checkpoint_every_n_steps=6",
+            "regime.validate_every_n_steps=6",
+            "lr_scheduler.config.num_warmup_steps=2",
+            "dataset.pipeline.max_frames=400",
+            "dataset.pipeline.max_frames_per_batch=3200",
+        ),
+        COLUMNS="1000",
+    )  # fmt: skip  (a wide console: the line unwrapped)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out[-3000:]
+    refused = [line for line in out.splitlines() if "refused" in line]
+    assert len(refused) == 1 and f"{target}: refused" in refused[0], out[-3000:]
+    assert "mkdir" in refused[0]  # the global it names
+    assert "Traceback" not in out and not marker.exists()

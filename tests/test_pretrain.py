@@ -191,9 +191,11 @@ def test_pretrain_lowers_losses_resumes_after_kill_and_exports(tmp_path, corpus)
     out = tmp_path / "run"
     cmd = recipe_cmd(out, corpus)
     log = out / "logs" / "rank_0.log"
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV, start_new_session=True
-    )
+    first_output = tmp_path / "first-run.txt"
+    with first_output.open("w") as sink:
+        proc = subprocess.Popen(
+            cmd, stdout=sink, stderr=subprocess.STDOUT, env=ENV, start_new_session=True
+        )
     deadline = time.time() + 400
     while time.time() < deadline and proc.poll() is None:
         if log.exists() and "Checkpoint at step 8 saved" in log.read_text():
@@ -224,8 +226,10 @@ def test_pretrain_lowers_losses_resumes_after_kill_and_exports(tmp_path, corpus)
     assert enhanced_loss not in by_step[2] and by_step[16][enhanced_loss] > 0
     recorded = set().union(*(m.keys() for m in by_step.values()))
     assert {m.display for m in PRETRAIN_METRICS.values()} <= recorded
-    # A quiet run: no torcheval warnings about metrics without updates.
-    assert "No calls to update()" not in rerun.stdout + rerun.stderr + log.read_text()
+    # A quiet run, before refine start (steps 1-3) and after, in training and validation:
+    # no torcheval warnings about metrics "without updates" (sums that are exactly 0).
+    everything = first_output.read_text() + rerun.stdout + rerun.stderr + log.read_text()
+    assert "No calls to update()" not in everything
 
     # Both losses fall.
     assert by_step[16][anchor_loss] < by_step[2][anchor_loss] - 0.3
@@ -285,6 +289,21 @@ print(json.dumps({{"weights": same_weights, "out": torch.equal(a, b), "layer": t
     fsdp_weights = load_file(str(fsdp_card.parent / "birq_fsdp.safetensors"))
     assert ddp_weights.keys() == fsdp_weights.keys() == model_state(out, 16).keys()
     assert all(torch.equal(ddp_weights[k], fsdp_weights[k]) for k in ddp_weights)
+
+
+def test_bestrq_run_logs_no_metric_warnings(tmp_path, corpus):
+    """BEST-RQ has no enhanced stream: its enhanced-loss weight is 0 at every step and its
+    enhanced metrics never update; neither may make torcheval warn."""
+    proc = run(pretrain_cmd(
+        tmp_path / "run", corpus, "model.arch=bestrq_tiny", "regime.num_steps=4",
+        "regime.publish_metrics_every_n_steps=2", "regime.checkpoint_every_n_steps=4",
+        "regime.validate_every_n_steps=2", "lr_scheduler.config.num_warmup_steps=2",
+        "dataset.pipeline.max_frames=400", "dataset.pipeline.max_frames_per_batch=3200",
+    ))  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "Validation Metrics (step 4)" in out and "Enhanced Loss Weight: 0" in out
+    assert "No calls to update()" not in out
 
 
 @pytest.mark.parametrize(

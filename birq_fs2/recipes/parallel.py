@@ -31,7 +31,7 @@ from torch.nn import Module, SyncBatchNorm
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from birq_fs2.recipes.errors import RunSetupError
-from birq_fs2.recipes.resume import set_aside_damaged_checkpoints
+from birq_fs2.recipes.resume import refuse_unsafe_checkpoint, set_aside_damaged_checkpoints
 
 SYNC_DEVICES = ("cuda", "hpu", "xpu", "privateuseone")
 """Devices on which torch's SyncBatchNorm runs (torch.nn.modules.batchnorm)."""
@@ -135,10 +135,12 @@ def check_data_parallelism(data_parallelism: str, device_type: str, world_size: 
 
 def prepare_data_parallel(context: RecipeContext, data_parallelism: str) -> Module:
     """What both recipes do before building their units: refuse FSDP on CPU processes, set
-    damaged last checkpoints aside, put GlooSyncBatchNorm in on CPUs, log the replicas'
-    digest; returns the data-parallel model."""
+    damaged last checkpoints aside, refuse checkpoint files that would run code, put
+    GlooSyncBatchNorm in on CPUs, log the replicas' digest; returns the data-parallel
+    model."""
     check_data_parallelism(data_parallelism, context.device.type, context.gangs.root.size)
     set_aside_damaged_checkpoints(context)
+    refuse_unsafe_checkpoint(context)
     dp_model = context.get_data_parallel_model()
     sync_batch_norm_off_accelerator(dp_model)
     log_replica_digest(context.get_model(), "after setup")

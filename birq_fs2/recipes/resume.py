@@ -1,4 +1,5 @@
-"""Stopping and resuming: damaged checkpoints set aside, signals turned into a clean stop."""
+"""Stopping and resuming: damaged checkpoints set aside, files that would run code refused,
+signals turned into a clean stop."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from fairseq2.recipe.base import RecipeContext
 from fairseq2.task import Task
 from typing_extensions import override
 
-from birq_fs2.checkpoints import checkpoint_steps, set_aside_damaged_steps
+from birq_fs2.checkpoints import CHECKPOINTS_DIR, checkpoint_steps, set_aside_damaged_steps
+from birq_fs2.recipes.errors import RunSetupError
+from birq_fs2.safe_load import UnsafeCheckpointError, safe_torch_load
 
 
 def set_aside_damaged_checkpoints(context: RecipeContext) -> None:
@@ -33,6 +36,37 @@ def set_aside_damaged_checkpoints(context: RecipeContext) -> None:
                 f"step {steps[-1]}" if steps else "the start (no intact checkpoint)",
             )
     gangs.root.barrier()
+
+
+def refuse_unsafe_checkpoint(context: RecipeContext) -> None:
+    """Before the trainer restores the last checkpoint: every file of that step is read
+    through the allow-list unpickler (`birq_fs2.safe_load`), since fairseq2 unpickles the
+    trainer, optimizer and data-reader states without restriction. The ranks share the
+    files out and agree on the outcome, so no rank goes on to load a file another one
+    refused; the refusal is one line naming the file (exit status 2)."""
+    steps = checkpoint_steps(context.output_dir)
+    if not steps:
+        return
+    step_dir = context.output_dir / CHECKPOINTS_DIR / f"step_{steps[-1]}"
+    root = context.gangs.root
+    refused: UnsafeCheckpointError | None = None
+    for file in sorted(step_dir.rglob("*.pt"))[root.rank :: root.size]:
+        try:
+            safe_torch_load(file)
+        except UnsafeCheckpointError as ex:
+            refused = ex
+            break
+    flag = torch.tensor([0 if refused is None else root.rank + 1])
+    if root.size > 1:
+        flag = flag.to(root.device)
+        root.all_reduce(flag, ReduceOperation.MAX)
+    if refused is not None:
+        raise RunSetupError(str(refused))
+    if int(flag.item()):
+        raise RunSetupError(
+            f"{step_dir}: refused by rank {int(flag.item()) - 1} (its log names the file); "
+            "nothing was loaded."
+        )
 
 
 @final

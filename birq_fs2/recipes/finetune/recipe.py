@@ -30,7 +30,7 @@ from birq_fs2.data.dataset import AsrDataset
 from birq_fs2.data.pipeline import DataStats
 from birq_fs2.data.vocab import CharVocabulary
 from birq_fs2.inference import ctc_greedy_ids
-from birq_fs2.metrics import FINETUNE_METRICS, register_metric_descriptors
+from birq_fs2.metrics import FINETUNE_METRICS, QuietMean, register_metric_descriptors
 from birq_fs2.models.asr import transfer_encoder
 from birq_fs2.models.source import VOCABULARY_FILE, resolve_model
 from birq_fs2.recipes.errors import RunSetupError, check_feature_dims, register_birq_cli_errors
@@ -193,7 +193,7 @@ class CtcTrainUnit(TrainUnit[Seq2SeqBatch]):
 
     @override
     def prepare_metric_bag(self, metric_bag: MetricBag) -> None:
-        metric_bag.add("ctc_loss", Mean())
+        metric_bag.add("ctc_loss", QuietMean())
         metric_bag.add("num_examples", Sum())
         metric_bag.add("num_target_elements", Sum())
 
@@ -237,7 +237,7 @@ class CtcEvalUnit(EvalUnit[Seq2SeqBatch]):
 
     @override
     def prepare_metric_bag(self, metric_bag: MetricBag) -> None:
-        metric_bag.add("ctc_loss", Mean())
+        metric_bag.add("ctc_loss", QuietMean())
         for name in _COUNTS:
             metric_bag.add(name, Sum())
         metric_bag.add("num_examples", Sum())

@@ -36,6 +36,7 @@ from birq_fs2.metrics import (
     ENHANCED_KEYS,
     LABEL_QUALITY_METRICS,
     PRETRAIN_METRICS,
+    QuietMean,
     codebook_usage,
     normalized_mutual_information,
     register_metric_descriptors,
@@ -152,24 +153,12 @@ class StepSchedule:
         return derive_seed(self.seed, "gumbel", stream, step_nr, self.rank, batch_nr)
 
 
-class StreamMean(Mean):
-    """A `Mean` that may see no update in a publish interval (the enhanced metrics of a
-    BEST-RQ run, or of BiRQ before refine start): it computes NaN instead of warning,
-    and `_drop_inactive` leaves it out of the recorded values."""
-
-    @override
-    def compute(self) -> Tensor:
-        if not self.weights:
-            return torch.tensor(float("nan"), dtype=torch.float64)
-        return self.weighted_sum / self.weights
-
-
 def _add_metrics(bag: MetricBag) -> None:
     for name in ("loss", "anchor_loss", "anchor_accuracy", "anchor_codes_used",
                  "anchor_perplexity", "mask_rate", "gamma", "tau", "enhanced_weight"):  # fmt: skip
-        bag.add(name, Mean())
-    for name in ENHANCED_KEYS:
-        bag.add(name, StreamMean())
+        bag.add(name, QuietMean())
+    for name in ENHANCED_KEYS:  # no update before refine start: NaN, not recorded
+        bag.add(name, QuietMean())
     bag.add("num_targets", Sum())
     bag.add("num_examples", Sum())
 
@@ -386,8 +375,8 @@ class BirqEvalUnit(EvalUnit[SequenceBatch]):
             used, ppl = codebook_usage(
                 labels[:, None].cpu(), model.enhanced_quantizer.codebook_size
             )
-            metric_bag.get("enhanced_noise_free_codes_used", StreamMean).update(torch.tensor(used))
-            metric_bag.get("enhanced_noise_free_perplexity", StreamMean).update(torch.tensor(ppl))
+            metric_bag.get("enhanced_noise_free_codes_used", QuietMean).update(torch.tensor(used))
+            metric_bag.get("enhanced_noise_free_perplexity", QuietMean).update(torch.tensor(ppl))
         frame_seconds = model.config.frame_ms / 1000
         lens = layout.seq_lens if layout.padded else [seqs.shape[1]] * seqs.shape[0]
         for utt_id, n, streams in zip(batch.example["ids"], lens, per_utterance, strict=True):
