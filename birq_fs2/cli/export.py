@@ -8,6 +8,13 @@ names it on our command lines. RUN_DIR is a ``birq-pretrain`` output (the last c
 is exported) or a ``birq-finetune`` output (the best checkpoint by validation WER; its
 character vocabulary is exported with it as ``NAME.dict.ltr.txt``). The work is
 `birq_fs2.export.export_checkpoint`.
+
+``birq-export MODEL OUT_DIR --format hf``: a pretrained encoder (a run folder, an export
+folder or a card name) -> a Hugging Face transformers folder (``config.json``,
+``model.safetensors``, ``preprocessor_config.json``) that
+``transformers.Wav2Vec2BertModel.from_pretrained(OUT_DIR)`` loads with no remote code; for
+encoders pretrained with ``conv_module: {norm: layer_norm, causal: true}``
+(`birq_fs2.hf_export` says why). Needs ``pip install 'birq-fs2[hf]'``.
 """
 
 from __future__ import annotations
@@ -19,14 +26,35 @@ from pathlib import Path
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="birq-export", description=__doc__.split("\n")[0])
-    parser.add_argument("run_dir", type=Path, help="a birq-pretrain or birq-finetune OUTPUT_DIR")
+    parser.add_argument(
+        "run_dir", type=Path,
+        help="a birq-pretrain or birq-finetune OUTPUT_DIR (with --format hf also an export folder or card name)",
+    )  # fmt: skip
     parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--name", required=True, help="asset card name")
+    parser.add_argument(
+        "--format", choices=("fairseq2", "hf"), default="fairseq2",
+        help="fairseq2: safetensors + asset card (default); hf: a transformers Wav2Vec2BertModel folder",
+    )  # fmt: skip
+    parser.add_argument("--name", help="asset card name (--format fairseq2)")
     parser.add_argument(
         "--step", type=int, help="checkpoint step (default: best by WER, else last)"
     )
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
+    if args.format == "fairseq2" and not args.name:
+        parser.error("--name is required with --format fairseq2")
+    if args.format == "hf":
+        try:
+            from birq_fs2.hf_export import export_hf
+
+            out = export_hf(args.run_dir, args.out_dir, step=args.step)
+        except Exception as ex:  # noqa: BLE001
+            if args.debug:
+                raise
+            print(f"birq-export: error: {ex}", file=sys.stderr)
+            return 2
+        print(f"{out} (transformers: Wav2Vec2BertModel.from_pretrained({str(out)!r}))")
+        return 0
     try:
         from birq_fs2.export import export_checkpoint
 

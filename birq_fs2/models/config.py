@@ -84,11 +84,32 @@ class EnhancedConfig(QuantizerConfig):
 
 
 @dataclass(kw_only=True)
+class ConvModuleConfig:
+    """The conformer blocks' convolution module (pointwise, GLU, depthwise, norm, swish,
+    pointwise): what fairseq2's `Wav2Vec2EncoderConfig` does not choose."""
+
+    norm: Literal["batch_norm", "layer_norm"] = "batch_norm"
+    """After the depthwise convolution. "batch_norm" (the Conformer paper's, fairseq2's
+    default) normalises each channel over every frame of the batch, padded frames
+    included, and keeps running statistics for evaluation; across processes it needs
+    SyncBatchNorm (one collective call per block and step) and it keeps FSDP off CPU
+    processes. "layer_norm" (w2v-BERT 2.0's) normalises each frame over its channels: a
+    frame's output does not depend on what it is batched with, in training or not."""
+    causal: bool = False
+    """True: the depthwise convolution sees the kernel's past frames only (left padding
+    of kernel - 1 frames, as w2v-BERT 2.0); False: centred ("same" padding)."""
+
+
+@dataclass(kw_only=True)
 class BirqConfig:
     encoder_config: Wav2Vec2EncoderConfig = field(
         default_factory=lambda: _encoder(768, 12, 12, 3072)
     )
     """fairseq2's wav2vec2 encoder config: fbank front end, conformer blocks."""
+    conv_module: ConvModuleConfig = field(default_factory=ConvModuleConfig)
+    """The blocks' convolution module. ``norm: layer_norm`` with ``causal: true`` is
+    w2v-BERT 2.0's, and what `birq-export --format hf` needs (transformers'
+    `Wav2Vec2BertModel` has that module and no other)."""
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     anchor: QuantizerConfig = field(default_factory=lambda: QuantizerConfig(seed=0))
     """BEST-RQ's quantizer of the stacked, normalised input (the anchor labels)."""
@@ -141,6 +162,10 @@ class BirqConfig:
         if self.enhanced.label_grad not in ("st", "stop"):
             result.add_error(
                 f"`enhanced.label_grad` must be 'st' or 'stop', got {self.enhanced.label_grad!r}."
+            )
+        if self.conv_module.norm not in ("batch_norm", "layer_norm"):
+            result.add_error(
+                f"`conv_module.norm` must be 'batch_norm' or 'layer_norm', got {self.conv_module.norm!r}."
             )
         for name, q in (("anchor", self.anchor), ("enhanced", self.enhanced)):
             if q.num_codebooks < 1 or q.codebook_size < 2 or q.code_dim < 1:
