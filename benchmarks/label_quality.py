@@ -52,6 +52,7 @@ BUDGETS = {
 }
 
 ENH = "model.config_overrides.enhanced"
+CONV = "model.config_overrides.conv_module"
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "bestrq": ("BEST-RQ (no enhanced stream)", ["model.arch=bestrq_tiny"]),
     # Spelled out, so that the sweep keeps meaning the same runs when defaults change.
@@ -79,6 +80,20 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         "label_norm: instance + diversity_weight 0.1",
         [f"{ENH}.label_norm=instance", f"{ENH}.diversity_weight=0.1", f"{ENH}.label_grad=st"],
     ),
+    # The convolution module's norm (model.conv_module), on today's default BiRQ.
+    "ln_conv": (
+        "stop + instance, conv_module layer_norm (centred)",
+        [f"{ENH}.label_grad=stop", f"{ENH}.label_norm=instance", f"{CONV}.norm=layer_norm"],
+    ),
+    "ln_conv_causal": (
+        "stop + instance, conv_module layer_norm causal (w2v-BERT 2.0's, exports to HF)",
+        [
+            f"{ENH}.label_grad=stop",
+            f"{ENH}.label_norm=instance",
+            f"{CONV}.norm=layer_norm",
+            f"{CONV}.causal=true",
+        ],
+    ),  # fmt: skip
 }
 
 
