@@ -297,6 +297,36 @@ def test_fsdp_on_cpu_processes_stops_at_setup_with_the_reason(tmp_path, corpus):
     assert "fsdp does not run on CPU processes" in log and "use ddp on CPUs" in log
 
 
+@pytest.mark.dist
+@pytest.mark.slow
+def test_fsdp_on_cpu_processes_trains_and_resumes_with_layer_norm_convolutions(tmp_path, corpus):
+    """Without batch norm (conv_module.norm: layer_norm) nothing is converted after
+    sharding: BiRQ trains across refine start on 2 CPU processes under FSDP, validates,
+    checkpoints per-rank shards, resumes, and the sharded run exports whole."""
+    from birq_fs2.metrics import display
+    from birq_fs2.models.source import resolve_model
+
+    run_dir = tmp_path / "run"
+    steps = ["trainer.data_parallelism=fsdp", "model.config_overrides.conv_module.norm=layer_norm",
+             "regime.validate_every_n_steps=2", "regime.checkpoint_every_n_steps=2",
+             "regime.publish_metrics_every_n_steps=1", "lr_scheduler.config.num_warmup_steps=1",
+             "schedule.refine_start_step=1"]  # fmt: skip
+    proc = run(_torchrun(*pretrain_cmd(run_dir, corpus, "regime.num_steps=2", *steps)[1:]),
+               OMP_NUM_THREADS="1")  # fmt: skip
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert len(model_state_files(run_dir, 2)) == 2  # one shard per rank
+    proc = run(_torchrun(*pretrain_cmd(run_dir, corpus, "regime.num_steps=4", *steps)[1:]),
+               OMP_NUM_THREADS="1")  # fmt: skip
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    log = (run_dir / "logs" / "rank_0.log").read_text()
+    assert "Restoring training from the last checkpoint at step 2." in log
+    train = metrics(run_dir)
+    assert max(train) == 4 and display("enhanced_loss") in train[4]
+    assert 4 in metrics(run_dir, "valid")
+    merged = resolve_model(str(run_dir)).load()  # the shards merge into one model
+    assert merged.encoder.layers[0].conv.layer_norm is not None
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_stops_after_the_next_step_boundary(sig, caplog):
     from types import SimpleNamespace

@@ -108,22 +108,27 @@ def test_every_layer_matches_wav2vec2_bert_after_a_save_and_reload(tmp_path):
     assert (theirs_feats - ours_feats[: 4 * T].reshape(T, 320)).abs().max().item() < 0.02
 
 
+def _two_step_run(run_dir, corpus, *overrides: str):
+    proc = run(pretrain_cmd(
+        run_dir, corpus, "regime.num_steps=2", "regime.publish_metrics_every_n_steps=2",
+        "regime.checkpoint_every_n_steps=2", "regime.validate_every_n_steps=2",
+        "lr_scheduler.config.num_warmup_steps=1", "dataset.pipeline.max_frames=400",
+        "dataset.pipeline.max_frames_per_batch=3200", *overrides,
+    ))  # fmt: skip
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    return run_dir
+
+
 def test_birq_export_hf_from_a_run_folder_and_refuses_batch_norm(tmp_path, corpus, capsys):
     """A real (short) pretraining run with the option, exported by the command; an encoder
     with the default convolution module is refused, saying why and what to set."""
     from birq_fs2.cli.export import main as export_main
     from birq_fs2.models.source import resolve_model
 
-    run_dir = tmp_path / "run"
-    proc = run(pretrain_cmd(
-        run_dir, corpus, "regime.num_steps=2", "regime.publish_metrics_every_n_steps=2",
-        "regime.checkpoint_every_n_steps=2", "regime.validate_every_n_steps=2",
-        "lr_scheduler.config.num_warmup_steps=1", "dataset.pipeline.max_frames=400",
-        "dataset.pipeline.max_frames_per_batch=3200",
-        "model.config_overrides.conv_module.norm=layer_norm",
+    run_dir = _two_step_run(
+        tmp_path / "run", corpus, "model.config_overrides.conv_module.norm=layer_norm",
         "model.config_overrides.conv_module.causal=true",
-    ))  # fmt: skip
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    )  # fmt: skip
     out = tmp_path / "hf"
     assert export_main([str(run_dir), str(out), "--format", "hf"]) == 0
     assert {"config.json", "model.safetensors", "preprocessor_config.json"} <= {
@@ -141,14 +146,7 @@ def test_birq_export_hf_from_a_run_folder_and_refuses_batch_norm(tmp_path, corpu
     assert (a - b)[mask].abs().max().item() <= 1e-4
 
     capsys.readouterr()
-    bn_run = tmp_path / "bn"
-    proc = run(pretrain_cmd(
-        bn_run, corpus, "regime.num_steps=2", "regime.publish_metrics_every_n_steps=2",
-        "regime.checkpoint_every_n_steps=2", "regime.validate_every_n_steps=2",
-        "lr_scheduler.config.num_warmup_steps=1", "dataset.pipeline.max_frames=400",
-        "dataset.pipeline.max_frames_per_batch=3200", "model.arch=bestrq_tiny",
-    ))  # fmt: skip
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    bn_run = _two_step_run(tmp_path / "bn", corpus, "model.arch=bestrq_tiny")
     assert export_main([str(bn_run), str(tmp_path / "hf-bn"), "--format", "hf"]) == 2
     err = capsys.readouterr().err
     assert "batch_norm" in err and "conv_module.norm=layer_norm" in err, err

@@ -66,6 +66,13 @@ def transfer_encoder(pretrained: Module, asr_model: Module, source: str) -> int:
                 f"{source}: a {family} has no `{part}`; a BiRQ (or BEST-RQ) model is needed."
             )
         src_state, dst_state = src.state_dict(), dst.state_dict()
+        if any(k.endswith("conv.layer_norm.weight") for k in src_state):
+            raise EncoderTransferError(
+                f"{source}: its convolution modules use layer norm (conv_module.norm: "
+                "layer_norm); the fine-tuning model (fairseq2's wav2vec2_asr family) always "
+                "builds batch norm there, so it cannot be fine-tuned here yet. Use the encoder "
+                "through `birq-export --format hf` or `encode`, or pretrain with batch norm."
+            )
         missing = sorted(set(dst_state) - set(src_state))
         unexpected = sorted(set(src_state) - set(dst_state))
         wrong = [

@@ -117,28 +117,39 @@ def log_replica_digest(model: Module, when: str) -> None:
         )
 
 
-def check_data_parallelism(data_parallelism: str, device_type: str, world_size: int) -> None:
-    """FSDP on CPU processes stops at setup with the reason, not mid-step with a traceback.
+def check_data_parallelism(
+    data_parallelism: str, device_type: str, world_size: int, model: Module
+) -> None:
+    """FSDP on CPU processes with batch norm in the model stops at setup with the reason,
+    not mid-step with a traceback.
 
     What fails (fairseq2 0.8.1, torch 2.9.1, gloo): `to_fsdp2` shards the model with
     `fully_shard` and only then converts BatchNorm to SyncBatchNorm, so the conformer's
     batch-norm parameters stay DTensors that FSDP never unshards in forward ("aten.mul.
     Tensor: got mixed torch.Tensor and DTensor"). Gathering them in forward gets training
     through but validation then fails inside DTensor redistribution ("aten.detach_ does
-    not have a sharding strategy"). FSDP is for GPUs; on CPUs, use ddp."""
-    if data_parallelism == "fsdp" and device_type == "cpu" and world_size > 1:
+    not have a sharding strategy"). A model without batch norm (the pretraining model
+    with ``conv_module.norm: layer_norm``) has nothing to convert and runs under FSDP on
+    CPU processes (tested)."""
+    has_batch_norm = any(isinstance(m, _BatchNorm) for m in model.modules())
+    if data_parallelism == "fsdp" and device_type == "cpu" and world_size > 1 and has_batch_norm:
         raise RunSetupError(
-            "trainer.data_parallelism: fsdp does not run on CPU processes (the conformer's batch "
-            "norm stays sharded in forward under FSDP2 with gloo); use ddp on CPUs, fsdp on GPUs."
+            "trainer.data_parallelism: fsdp does not run on CPU processes with batch norm in the "
+            "model (the conformer's batch norm stays sharded in forward under FSDP2 with gloo); "
+            "use ddp on CPUs, fsdp on GPUs, or pretrain with "
+            "model.config_overrides.conv_module.norm=layer_norm."
         )
 
 
 def prepare_data_parallel(context: RecipeContext, data_parallelism: str) -> Module:
-    """What both recipes do before building their units: refuse FSDP on CPU processes, set
+    """What both recipes do before building their units: refuse FSDP on CPU processes
+    for models with batch norm, set
     damaged last checkpoints aside, refuse checkpoint files that would run code, put
     GlooSyncBatchNorm in on CPUs, log the replicas' digest; returns the data-parallel
     model."""
-    check_data_parallelism(data_parallelism, context.device.type, context.gangs.root.size)
+    check_data_parallelism(
+        data_parallelism, context.device.type, context.gangs.root.size, context.get_model()
+    )
     set_aside_damaged_checkpoints(context)
     refuse_unsafe_checkpoint(context)
     dp_model = context.get_data_parallel_model()
