@@ -14,10 +14,10 @@ import shutil
 from pathlib import Path
 
 import yaml
-from fairseq2.models.wav2vec2.asr import WAV2VEC2_ASR_FAMILY
 from safetensors.torch import save_file
 
 from birq_fs2.checkpoints import CHECKPOINTS_DIR, MODEL_METADATA_FILE, step_dir_name
+from birq_fs2.models.asr import CTC_FAMILIES
 from birq_fs2.models.config import BIRQ_FAMILY
 from birq_fs2.models.source import (
     FEATURES_FIELD,
@@ -26,7 +26,7 @@ from birq_fs2.models.source import (
     resolve_model,
 )
 
-EXPORTABLE_FAMILIES = (BIRQ_FAMILY, WAV2VEC2_ASR_FAMILY)
+EXPORTABLE_FAMILIES = (BIRQ_FAMILY, *CTC_FAMILIES)
 
 
 class ExportError(ValueError):
@@ -49,7 +49,7 @@ def export_checkpoint(run_dir: Path, out_dir: Path, name: str, *, step: int | No
             f"{meta_file}: model family {family!r}, not one of {', '.join(EXPORTABLE_FAMILIES)}."
         )
     vocab = run_dir / VOCABULARY_FILE
-    if family == WAV2VEC2_ASR_FAMILY and not vocab.exists():
+    if family in CTC_FAMILIES and not vocab.exists():
         raise ExportError(f"{vocab}: missing; a CTC model is useless without its vocabulary.")
     try:
         source = resolve_model(run_dir, step=step)
@@ -68,7 +68,7 @@ def export_checkpoint(run_dir: Path, out_dir: Path, name: str, *, step: int | No
     }
     if source.features is not None:
         card[FEATURES_FIELD] = source.features.to_dict()
-    if family == WAV2VEC2_ASR_FAMILY:
+    if family in CTC_FAMILIES:
         shutil.copyfile(vocab, out_dir / f"{name}.{VOCABULARY_FILE}")
         card["vocabulary"] = f"{name}.{VOCABULARY_FILE}"
     card["exported_from"] = step_dir_name(run_dir, source.step)

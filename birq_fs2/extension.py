@@ -12,6 +12,11 @@ from fairseq2.composition import (
     register_package_assets,
 )
 from fairseq2.models.wav2vec2 import apply_ac_to_wav2vec2, apply_fsdp_to_wav2vec2
+from fairseq2.models.wav2vec2.asr import (
+    Wav2Vec2AsrModel,
+    apply_ac_to_wav2vec2_asr,
+    apply_fsdp_to_wav2vec2_asr,
+)
 from fairseq2.runtime.dependency import DependencyContainer
 
 from birq_fs2.data.dataset import (
@@ -24,7 +29,12 @@ from birq_fs2.data.dataset import (
     open_asr_dataset,
     open_speech_dataset,
 )
-from birq_fs2.models.asr import register_birq_asr_archs
+from birq_fs2.models.asr import (
+    BIRQ_CTC_FAMILY,
+    BirqCtcConfig,
+    create_birq_ctc_model,
+    register_birq_asr_archs,
+)
 from birq_fs2.models.config import BIRQ_FAMILY, BirqConfig, register_birq_archs
 from birq_fs2.models.factory import create_birq_model
 from birq_fs2.models.model import BirqModel
@@ -37,7 +47,13 @@ def setup_birq_fs2(container: DependencyContainer) -> None:
         fsdp_applier=apply_fsdp_to_wav2vec2, layerwise_ac_applier=apply_ac_to_wav2vec2,
     )  # fmt: skip
     register_birq_archs(container)
-    # CTC fine-tuning uses fairseq2's wav2vec2_asr family with BiRQ-shaped encoders.
+    # CTC fine-tuning uses fairseq2's wav2vec2_asr family with BiRQ-shaped encoders, or
+    # birq_ctc (the same model class) for encoders with another convolution module.
+    register_model_family(
+        container, BIRQ_CTC_FAMILY, kls=Wav2Vec2AsrModel, config_kls=BirqCtcConfig,
+        factory=create_birq_ctc_model, fsdp_applier=apply_fsdp_to_wav2vec2_asr,
+        layerwise_ac_applier=apply_ac_to_wav2vec2_asr,
+    )  # fmt: skip
     register_birq_asr_archs(container)
     register_dataset_family(
         container,

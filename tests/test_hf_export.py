@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 from fairseq2.nn import BatchLayout
-from helpers import FIXTURES, pretrain_cmd, run
+from helpers import FIXTURES, finetune_cmd, pretrain_cmd, run
 
 from birq_fs2.data.audio import AudioError, AudioLoader, FbankConfig, FbankExtractor
 from birq_fs2.models.config import tiny
@@ -119,16 +119,25 @@ def _two_step_run(run_dir, corpus, *overrides: str):
     return run_dir
 
 
-def test_birq_export_hf_from_a_run_folder_and_refuses_batch_norm(tmp_path, corpus, capsys):
-    """A real (short) pretraining run with the option, exported by the command; an encoder
-    with the default convolution module is refused, saying why and what to set."""
+LAYER_NORM_CAUSAL = (
+    "model.config_overrides.conv_module.norm=layer_norm",
+    "model.config_overrides.conv_module.causal=true",
+)
+
+
+@pytest.fixture(scope="module")
+def ln_run(tmp_path_factory, corpus):
+    """A real (short) BiRQ pretraining run with w2v-BERT 2.0's convolution module."""
+    return _two_step_run(tmp_path_factory.mktemp("ln") / "run", corpus, *LAYER_NORM_CAUSAL)
+
+
+def test_birq_export_hf_from_a_run_folder_and_refuses_batch_norm(tmp_path, corpus, ln_run, capsys):
+    """The run exported by the command; an encoder with the default convolution module is
+    refused, saying why and what to set."""
     from birq_fs2.cli.export import main as export_main
     from birq_fs2.models.source import resolve_model
 
-    run_dir = _two_step_run(
-        tmp_path / "run", corpus, "model.config_overrides.conv_module.norm=layer_norm",
-        "model.config_overrides.conv_module.causal=true",
-    )  # fmt: skip
+    run_dir = ln_run
     out = tmp_path / "hf"
     assert export_main([str(run_dir), str(out), "--format", "hf"]) == 0
     assert {"config.json", "model.safetensors", "preprocessor_config.json"} <= {
@@ -157,3 +166,30 @@ def test_conv_module_typo_is_refused_naming_the_key():
     config = tiny()
     config.conv_module.norm = "group_norm"  # type: ignore[assignment]
     assert any("conv_module.norm" in e for e in config.validate().errors)
+
+
+def test_fine_tuning_a_layer_norm_encoder_needs_the_birq_ctc_family(tmp_path, corpus, ln_run):
+    """fairseq2's wav2vec2_asr builds batch-norm convolutions: the transfer stops with the
+    overrides to set; with them (family birq_ctc) it fine-tunes, and the CTC model exports,
+    reloads and transcribes."""
+    from birq_fs2.cli.transcribe import main as transcribe_main
+    from birq_fs2.export import export_checkpoint
+    from birq_fs2.inference import Transcriber
+
+    steps = ("regime.num_steps=2", "regime.validate_every_n_steps=2",
+             "regime.checkpoint_every_n_steps=2", "regime.publish_metrics_every_n_steps=1")  # fmt: skip
+    proc = run(finetune_cmd(tmp_path / "wrong", corpus, f"pretrained.model={ln_run}", *steps))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "model.family=birq_ctc" in out and "Traceback" not in out, out[
+        -3000:
+    ]
+    ft = tmp_path / "ft"
+    proc = run(finetune_cmd(
+        ft, corpus, f"pretrained.model={ln_run}", "model.family=birq_ctc", *LAYER_NORM_CAUSAL, *steps
+    ))  # fmt: skip
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    card = export_checkpoint(ft, tmp_path / "asr", "ln_asr")
+    model = Transcriber(str(card.parent)).model
+    assert model.encoder.layers[0].conv.layer_norm is not None
+    audio = next((FIXTURES / "dev-tiny").rglob("100-1000-0000.flac"))
+    assert transcribe_main([str(audio), "--model", str(card.parent)]) == 0

@@ -5,19 +5,57 @@ same fbank front end and conformer encoder as `BirqModel`, wav2vec2's SpecAugmen
 masker, a linear CTC head with blank = 0), so it loads, shards and decodes like any
 fairseq2 ASR model. This module adds its ``birq_*`` architectures (the encoders of the
 ``birq`` archs) and the transfer of a pretrained encoder into it.
+
+fairseq2's ``wav2vec2_asr`` factory always builds batch-norm, centred convolution
+modules. For encoders pretrained with another `ConvModuleConfig` (``conv_module.norm:
+layer_norm``, ``causal``) the ``birq_ctc`` family is the same `Wav2Vec2AsrModel` built
+with that convolution module (`BirqCtcConfig` = `Wav2Vec2AsrConfig` + ``conv_module``;
+the same ``birq_*`` archs): ``model.family=birq_ctc
+model.config_overrides.conv_module.norm=layer_norm``.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
+from typing import Final
 
+from fairseq2.models.transformer import TransformerEncoder
 from fairseq2.models.wav2vec2 import Wav2Vec2EncoderConfig
-from fairseq2.models.wav2vec2.asr import Wav2Vec2AsrConfig
+from fairseq2.models.wav2vec2.asr import (
+    WAV2VEC2_ASR_FAMILY,
+    Wav2Vec2AsrConfig,
+    Wav2Vec2AsrFactory,
+    Wav2Vec2AsrModel,
+)
 from fairseq2.runtime.config_registry import ConfigRegistrar
 from fairseq2.runtime.dependency import DependencyContainer
 from torch.nn import Module
 
-from .config import ARCHS
+from .config import ARCHS, ConvModuleConfig
+from .factory import BirqEncoderFactory
+
+BIRQ_CTC_FAMILY: Final = "birq_ctc"
+CTC_FAMILIES: Final = (WAV2VEC2_ASR_FAMILY, BIRQ_CTC_FAMILY)
+"""Families of the CTC models the recipes fine-tune, export, evaluate and transcribe."""
+
+
+@dataclass(kw_only=True)
+class BirqCtcConfig(Wav2Vec2AsrConfig):
+    conv_module: ConvModuleConfig = field(default_factory=ConvModuleConfig)
+    """The encoder blocks' convolution module (as the pretrained encoder's)."""
+
+
+class _BirqCtcFactory(Wav2Vec2AsrFactory):
+    def __init__(self, config: BirqCtcConfig) -> None:
+        super().__init__(config)
+        self._conv = config.conv_module
+
+    def create_encoder(self) -> TransformerEncoder:
+        return BirqEncoderFactory(self._config.encoder_config, self._conv).create_encoder()
+
+
+def create_birq_ctc_model(config: BirqCtcConfig) -> Wav2Vec2AsrModel:
+    return _BirqCtcFactory(config).create_model()
 
 
 class EncoderTransferError(ValueError):
@@ -46,11 +84,23 @@ def asr_config_for(
 
 
 def register_birq_asr_archs(container: DependencyContainer) -> None:
-    """``wav2vec2_asr`` archs ``birq_tiny``, ``birq_base``, ``birq_large``."""
+    """``wav2vec2_asr`` and ``birq_ctc`` archs ``birq_tiny``, ``birq_base``, ``birq_large``."""
     arch = ConfigRegistrar(container, Wav2Vec2AsrConfig)
+    ctc_arch = ConfigRegistrar(container, BirqCtcConfig)
     for name in ("tiny", "base", "large"):
         make = ARCHS[name]
         arch(f"birq_{name}")(lambda make=make: asr_config_for(make().encoder_config))
+        ctc_arch(f"birq_{name}")(
+            lambda make=make: BirqCtcConfig(
+                **vars(asr_config_for(make().encoder_config)), conv_module=make().conv_module
+            )
+        )
+
+
+def _conv_norm(state: dict) -> str:
+    return (
+        "layer_norm" if any(k.endswith("conv.layer_norm.weight") for k in state) else "batch_norm"
+    )
 
 
 def transfer_encoder(pretrained: Module, asr_model: Module, source: str) -> int:
@@ -66,12 +116,11 @@ def transfer_encoder(pretrained: Module, asr_model: Module, source: str) -> int:
                 f"{source}: a {family} has no `{part}`; a BiRQ (or BEST-RQ) model is needed."
             )
         src_state, dst_state = src.state_dict(), dst.state_dict()
-        if any(k.endswith("conv.layer_norm.weight") for k in src_state):
+        if part == "encoder" and (norm := _conv_norm(src_state)) != _conv_norm(dst_state):
             raise EncoderTransferError(
-                f"{source}: its convolution modules use layer norm (conv_module.norm: "
-                "layer_norm); the fine-tuning model (fairseq2's wav2vec2_asr family) always "
-                "builds batch norm there, so it cannot be fine-tuned here yet. Use the encoder "
-                "through `birq-export --format hf` or `encode`, or pretrain with batch norm."
+                f"{source}: its convolution modules use {norm}, the fine-tune model's do not; "
+                f"set model.family={BIRQ_CTC_FAMILY} model.config_overrides.conv_module.norm={norm} "
+                "(and conv_module.causal as the pretrained encoder's)."
             )
         missing = sorted(set(dst_state) - set(src_state))
         unexpected = sorted(set(src_state) - set(dst_state))

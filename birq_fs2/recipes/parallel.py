@@ -103,7 +103,9 @@ def parameter_digest(module: Module) -> str:
         if isinstance(tensor, DTensor):  # FSDP2 shards: the whole tensor (a collective)
             tensor = tensor.full_tensor()
         h.update(name.encode())
-        h.update(tensor.float().cpu().contiguous().numpy().tobytes())
+        # A copy: .numpy() marks the storage it views as not resizable, and FSDP2 frees
+        # the unsharded parameters after validation by resizing their storage to 0.
+        h.update(tensor.float().cpu().clone().numpy().tobytes())
     return h.hexdigest()[:16]
 
 
