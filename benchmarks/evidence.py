@@ -121,6 +121,7 @@ class Arm:
 
 
 ENH = "model.config_overrides.enhanced"
+CONV = "model.config_overrides.conv_module"
 ARMS: dict[str, Arm] = {
     "scratch": Arm("no pretraining", None),
     "bestrq": Arm("BEST-RQ, equal steps", ["model.arch=bestrq_tiny"]),
@@ -136,6 +137,14 @@ ARMS: dict[str, Arm] = {
         "BEST-RQ, equal compute to `birq_long`",
         ["model.arch=bestrq_tiny"],
         equal_cost=True,
+        pretrain_scale=3.0,
+    ),
+    # The convolution module (model.conv_module): w2v-BERT 2.0's causal layer-norm one,
+    # which the transformers export needs; fine-tuned with the birq_ctc family.
+    "birq_long_ln": Arm(
+        "BiRQ (defaults), layer-norm causal convolutions, 3x pretraining steps",
+        [f"{CONV}.norm=layer_norm", f"{CONV}.causal=true"],
+        finetune=("model.family=birq_ctc", f"{CONV}.norm=layer_norm", f"{CONV}.causal=true"),
         pretrain_scale=3.0,
     ),
     "birq_masked": Arm("BiRQ, label_input: masked", [f"{ENH}.label_input=masked"]),
@@ -173,7 +182,8 @@ DEFAULT_ARMS = "comparison,long"
 COMPARISONS = [
     ("bestrq", "scratch"), ("birq", "scratch"), ("birq", "bestrq"), ("birq", "bestrq_cost"),
     ("bestrq_long", "scratch"), ("birq_long", "scratch"), ("birq_long", "bestrq_long"),
-    ("birq_long", "bestrq_cost_long"), ("birq_masked", "birq"), ("birq_st", "birq"),
+    ("birq_long", "bestrq_cost_long"), ("birq_long_ln", "birq_long"), ("birq_masked", "birq"),
+    ("birq_st", "birq"),
     *((name, arm.baseline) for name, arm in ARMS.items() if arm.probe),
 ]  # fmt: skip
 """(arm, baseline): reported when both have runs; the difference is arm - baseline."""
