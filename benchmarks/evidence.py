@@ -147,6 +147,12 @@ ARMS: dict[str, Arm] = {
         finetune=("model.family=birq_ctc", f"{CONV}.norm=layer_norm", f"{CONV}.causal=true"),
         pretrain_scale=3.0,
     ),
+    "birq_long_ln_centred": Arm(
+        "BiRQ (defaults), layer-norm centred convolutions, 3x pretraining steps",
+        [f"{CONV}.norm=layer_norm"],
+        finetune=("model.family=birq_ctc", f"{CONV}.norm=layer_norm"),
+        pretrain_scale=3.0,
+    ),
     "birq_masked": Arm("BiRQ, label_input: masked", [f"{ENH}.label_input=masked"]),
     "birq_st": Arm("BiRQ, label_grad: st", [f"{ENH}.label_grad=st"]),
     # Making pretraining pay: one knob of the fine-tuning recipe each, a BEST-RQ arm against
@@ -182,7 +188,9 @@ DEFAULT_ARMS = "comparison,long"
 COMPARISONS = [
     ("bestrq", "scratch"), ("birq", "scratch"), ("birq", "bestrq"), ("birq", "bestrq_cost"),
     ("bestrq_long", "scratch"), ("birq_long", "scratch"), ("birq_long", "bestrq_long"),
-    ("birq_long", "bestrq_cost_long"), ("birq_long_ln", "birq_long"), ("birq_masked", "birq"),
+    ("birq_long", "bestrq_cost_long"), ("birq_long_ln", "birq_long"),
+    ("birq_long_ln_centred", "birq_long"), ("birq_long_ln", "birq_long_ln_centred"),
+    ("birq_masked", "birq"),
     ("birq_st", "birq"),
     *((name, arm.baseline) for name, arm in ARMS.items() if arm.probe),
 ]  # fmt: skip
