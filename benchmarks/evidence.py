@@ -190,8 +190,7 @@ COMPARISONS = [
     ("bestrq_long", "scratch"), ("birq_long", "scratch"), ("birq_long", "bestrq_long"),
     ("birq_long", "bestrq_cost_long"), ("birq_long_ln", "birq_long"),
     ("birq_long_ln_centred", "birq_long"), ("birq_long_ln", "birq_long_ln_centred"),
-    ("birq_masked", "birq"),
-    ("birq_st", "birq"),
+    ("birq_masked", "birq"), ("birq_st", "birq"),
     *((name, arm.baseline) for name, arm in ARMS.items() if arm.probe),
 ]  # fmt: skip
 """(arm, baseline): reported when both have runs; the difference is arm - baseline."""

@@ -93,7 +93,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
             f"{CONV}.norm=layer_norm",
             f"{CONV}.causal=true",
         ],
-    ),  # fmt: skip
+    ),
 }
 
 

@@ -193,3 +193,23 @@ def test_fine_tuning_a_layer_norm_encoder_needs_the_birq_ctc_family(tmp_path, co
     assert model.encoder.layers[0].conv.layer_norm is not None
     audio = next((FIXTURES / "dev-tiny").rglob("100-1000-0000.flac"))
     assert transcribe_main([str(audio), "--model", str(card.parent)]) == 0
+
+
+def test_transfer_refuses_an_encoder_whose_convolutions_differ_only_in_causality():
+    """Causal and centred convolutions hold the same tensors: the transfer compares the
+    modules, and names both overrides to set."""
+    from birq_fs2.models.asr import (
+        BirqCtcConfig,
+        EncoderTransferError,
+        asr_config_for,
+        create_birq_ctc_model,
+        transfer_encoder,
+    )
+
+    pretrained = _model("layer_norm", True)
+    config = BirqCtcConfig(**vars(asr_config_for(pretrained.config.encoder_config)))
+    config.conv_module.norm = "layer_norm"  # centred
+    with pytest.raises(EncoderTransferError, match="conv_module.causal=true"):
+        transfer_encoder(pretrained, create_birq_ctc_model(config), "run")
+    config.conv_module.causal = True
+    assert transfer_encoder(pretrained, create_birq_ctc_model(config), "run") > 0

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Final
 
+from fairseq2.models.conformer import ConformerConvolution
 from fairseq2.models.transformer import TransformerEncoder
 from fairseq2.models.wav2vec2 import Wav2Vec2EncoderConfig
 from fairseq2.models.wav2vec2.asr import (
@@ -97,10 +98,14 @@ def register_birq_asr_archs(container: DependencyContainer) -> None:
         )
 
 
-def _conv_norm(state: dict) -> str:
-    return (
-        "layer_norm" if any(k.endswith("conv.layer_norm.weight") for k in state) else "batch_norm"
-    )
+def _conv_kind(encoder: Module) -> tuple[str, bool] | None:
+    """(norm, causal) of the encoder's convolution modules; None without any. Causality
+    leaves no trace in a state dict, so the modules are asked, not their tensors."""
+    for m in encoder.modules():
+        if isinstance(m, ConformerConvolution):
+            norm = "batch_norm" if m.batch_norm is not None else "layer_norm"
+            return norm, m.causal_depthwise_conv
+    return None
 
 
 def transfer_encoder(pretrained: Module, asr_model: Module, source: str) -> int:
@@ -115,13 +120,15 @@ def transfer_encoder(pretrained: Module, asr_model: Module, source: str) -> int:
             raise EncoderTransferError(
                 f"{source}: a {family} has no `{part}`; a BiRQ (or BEST-RQ) model is needed."
             )
-        src_state, dst_state = src.state_dict(), dst.state_dict()
-        if part == "encoder" and (norm := _conv_norm(src_state)) != _conv_norm(dst_state):
+        if part == "encoder" and (kind := _conv_kind(src)) != _conv_kind(dst) and kind:
+            norm, causal = kind
             raise EncoderTransferError(
-                f"{source}: its convolution modules use {norm}, the fine-tune model's do not; "
-                f"set model.family={BIRQ_CTC_FAMILY} model.config_overrides.conv_module.norm={norm} "
-                "(and conv_module.causal as the pretrained encoder's)."
+                f"{source}: its convolution modules are {norm}, causal={causal}, the fine-tune "
+                f"model's are not; set model.family={BIRQ_CTC_FAMILY} "
+                f"model.config_overrides.conv_module.norm={norm} "
+                f"model.config_overrides.conv_module.causal={str(causal).lower()}."
             )
+        src_state, dst_state = src.state_dict(), dst.state_dict()
         missing = sorted(set(dst_state) - set(src_state))
         unexpected = sorted(set(src_state) - set(dst_state))
         wrong = [

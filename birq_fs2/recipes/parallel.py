@@ -144,11 +144,10 @@ def check_data_parallelism(
 
 
 def prepare_data_parallel(context: RecipeContext, data_parallelism: str) -> Module:
-    """What both recipes do before building their units: refuse FSDP on CPU processes
-    for models with batch norm, set
-    damaged last checkpoints aside, refuse checkpoint files that would run code, put
-    GlooSyncBatchNorm in on CPUs, log the replicas' digest; returns the data-parallel
-    model."""
+    """What both recipes do before building their units: refuse FSDP on CPU processes for
+    models with batch norm, set damaged last checkpoints aside, refuse checkpoint files
+    that would run code, put GlooSyncBatchNorm in on CPUs, log the replicas' digest;
+    returns the data-parallel model."""
     check_data_parallelism(
         data_parallelism, context.device.type, context.gangs.root.size, context.get_model()
     )

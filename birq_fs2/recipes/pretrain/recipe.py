@@ -154,10 +154,10 @@ class StepSchedule:
 
 
 def _add_metrics(bag: MetricBag) -> None:
+    # The enhanced keys see no update before refine start: NaN, then left out of the record.
     for name in ("loss", "anchor_loss", "anchor_accuracy", "anchor_codes_used",
-                 "anchor_perplexity", "mask_rate", "gamma", "tau", "enhanced_weight"):  # fmt: skip
-        bag.add(name, QuietMean())
-    for name in ENHANCED_KEYS:  # no update before refine start: NaN, not recorded
+                 "anchor_perplexity", "mask_rate", "gamma", "tau", "enhanced_weight",
+                 *ENHANCED_KEYS):  # fmt: skip
         bag.add(name, QuietMean())
     bag.add("num_targets", Sum())
     bag.add("num_examples", Sum())
