@@ -80,7 +80,7 @@ demo-steps:
 	$(PY) -m birq_fs2.cli.export $(OUT)/finetune-birq $(OUT)/asr --name birq_demo_asr
 	$(PY) -m birq_fs2.cli.evaluate --model $(OUT)/asr --data $(OUT)/corpus --split test --out $(OUT)/eval/birq
 	$(PY) -m birq_fs2.cli.evaluate --model $(OUT)/finetune-scratch --data $(OUT)/corpus --split test --out $(OUT)/eval/scratch
-	$(PY) -m birq_fs2.demo_report $(OUT)
+	$(PY) -m birq_fs2.cli.demo_report $(OUT)
 	@echo "Report: $(OUT)/REPORT.md; fine-tuned model: $(OUT)/asr (birq-transcribe --model $(OUT)/asr FILE)"
 
 bench: setup

@@ -46,6 +46,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from birq_fs2.experiments.runs import read_metrics  # noqa: E402
 from birq_fs2.metrics import (  # noqa: E402
     FINETUNE_METRICS,
     LABEL_QUALITY_METRICS,
@@ -53,7 +54,6 @@ from birq_fs2.metrics import (  # noqa: E402
     display,
     series,
 )
-from birq_fs2.report import read_metrics  # noqa: E402
 
 CONFIGS = ROOT / "birq_fs2" / "recipes"
 PRETRAIN_PRESET = CONFIGS / "pretrain" / "configs" / "tiny_cpu.yaml"
@@ -321,9 +321,9 @@ def label_analysis(run: Path, data: Layout, budget: Budget) -> dict | None:
     out = run / "labels"
     if (out / "labels.json").exists():
         return json.loads((out / "labels.json").read_text())
+    from birq_fs2.cli.labels import analyse
     from birq_fs2.data.alignments import AlignmentError
     from birq_fs2.data.corpus import CorpusError
-    from birq_fs2.labels import analyse
 
     try:
         return analyse(str(run), data.corpus, data.dev, max_utterances=budget.label_utterances,
@@ -918,7 +918,7 @@ def _plots(results: dict, stats: dict, out: Path, test_set: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from birq_fs2.report import plot_panels
+    from birq_fs2.experiments.plots import plot_panels
 
     arms = list(stats["per_arm"])
     styles = ["o-", "s-", "^-", "d-", "v-", "x-"]

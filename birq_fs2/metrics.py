@@ -1,4 +1,4 @@
-"""The metrics of our recipes: one table of keys and display names, and the label statistics.
+"""The metrics of our recipes: one table of keys, display names and kinds.
 
 fairseq2 records a metric under its key in the metric bag and writes it under its display
 name (logs, TensorBoard, ``metrics/*.jsonl``). The recipes register the descriptors below;
@@ -16,9 +16,6 @@ from fairseq2.metrics import Mean
 from fairseq2.metrics.formatters import format_as_float, format_as_int
 from fairseq2.metrics.recorders import MetricDescriptor
 from fairseq2.runtime.dependency import DependencyContainer
-from torch import Tensor
-
-from birq_fs2.label_quality import entropy, joint_distribution, mutual_information
 
 
 @dataclass(frozen=True)
@@ -90,7 +87,7 @@ LABEL_QUALITY_METRICS = _table(
 )
 """Validation only. The noise-free enhanced code usage of every frame whenever the enhanced
 stream is active (the collapse guard's second reading); PNMI and purities when the validation
-split has phone alignments (`birq_fs2.label_quality`)."""
+split has phone alignments (`birq_fs2.label_stats`)."""
 
 FINETUNE_METRICS = _table(
     LOSS,
@@ -120,26 +117,6 @@ def register_metric_descriptors(container: DependencyContainer, table: dict[str,
             container.collection.register_instance(
                 MetricDescriptor, MetricDescriptor(m.key, m.display, m.priority, m.formatter)
             )
-
-
-def codebook_usage(labels: Tensor, codebook_size: int) -> tuple[float, float]:
-    """(distinct codes used, perplexity = exp(entropy)) of (N, G) labels, mean over codebooks."""
-    used, ppl = [], []
-    for g in range(labels.shape[1]):
-        counts = torch.bincount(labels[:, g], minlength=codebook_size).float()
-        p = counts[counts > 0] / counts.sum()
-        used.append(float((counts > 0).sum()))
-        ppl.append(float(torch.exp(-(p * p.log()).sum())))
-    return sum(used) / len(used), sum(ppl) / len(ppl)
-
-
-def normalized_mutual_information(a: Tensor, b: Tensor) -> float:
-    """NMI (arithmetic normalisation) between two label sequences of the same frames."""
-    if a.numel() == 0:
-        return 0.0
-    joint = joint_distribution(a, b)
-    denom = (entropy(joint.sum(1)) + entropy(joint.sum(0))) / 2
-    return float(mutual_information(joint) / denom) if denom > 0 else 1.0
 
 
 def series(rows: Iterable[dict], key: str, table: dict[str, Metric]) -> list[tuple[int, float]]:

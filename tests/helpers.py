@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from birq_fs2.checkpoints import model_state_files
-from birq_fs2.report import read_metrics
+from birq_fs2.experiments.runs import read_metrics
 
 ROOT = Path(__file__).parents[1]
 PRETRAIN_PRESET = ROOT / "birq_fs2" / "recipes" / "pretrain" / "configs" / "tiny_cpu.yaml"

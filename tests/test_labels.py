@@ -22,7 +22,7 @@ def aligned_corpus(tmp_path_factory):
 
 
 def test_layer_analysis_of_a_pretrained_run(tmp_path, aligned_corpus, capsys):
-    from birq_fs2.labels import main
+    from birq_fs2.cli.labels import main
 
     run_dir = tmp_path / "run"
     proc = run(pretrain_cmd(
@@ -62,7 +62,7 @@ def test_layer_analysis_of_a_pretrained_run(tmp_path, aligned_corpus, capsys):
 
 
 def test_layer_analysis_errors_are_one_line(tmp_path, corpus, capsys):
-    from birq_fs2.labels import main
+    from birq_fs2.cli.labels import main
 
     assert main(["--model", str(tmp_path), "--data", str(corpus)]) == 2
     err = capsys.readouterr().err.strip()
@@ -74,7 +74,7 @@ def test_label_quality_sweep_runs_its_quick_budget_and_resumes(tmp_path):
 
     from helpers import ROOT
 
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "label_quality.py"), "--budget", "quick",
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "label_sweep.py"), "--budget", "quick",
            "--variants", "bestrq,birq", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")]  # fmt: skip
     proc = run(cmd, timeout=900)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]

@@ -25,12 +25,8 @@ from helpers import (
 )
 
 from birq_fs2.export import export_checkpoint
-from birq_fs2.metrics import (
-    PRETRAIN_METRICS,
-    codebook_usage,
-    display,
-    normalized_mutual_information,
-)
+from birq_fs2.label_stats import codebook_usage, normalized_mutual_information
+from birq_fs2.metrics import PRETRAIN_METRICS, display
 from birq_fs2.recipes.pretrain.config import BirqScheduleSection
 from birq_fs2.recipes.pretrain.recipe import StepSchedule
 
@@ -338,9 +334,9 @@ def test_export_errors_name_the_problem(tmp_path, capsys):
 
 
 def test_report_plots_and_tabulates_a_run(tmp_path):
+    from birq_fs2.cli.report import TABLE_KEYS
+    from birq_fs2.cli.report import main as report_main
     from birq_fs2.metrics import series
-    from birq_fs2.report import TABLE_KEYS
-    from birq_fs2.report import main as report_main
 
     (tmp_path / "metrics" / "valid").mkdir(parents=True)
     rows = [{"Step": s, display("loss"): 9.0 - s / 10, display("anchor_loss"): 9.0 - s / 10,

@@ -30,17 +30,15 @@ from birq_fs2.data.alignments import (
 from birq_fs2.data.dataset import SpeechDataset
 from birq_fs2.data.pipeline import DataStats
 from birq_fs2.frames import SAMPLE_RATE, num_fbank_frames
-from birq_fs2.label_quality import stream_quality
-from birq_fs2.labels import frame_label_streams
+from birq_fs2.label_stats import codebook_usage, normalized_mutual_information, stream_quality
 from birq_fs2.metrics import (
     ENHANCED_KEYS,
     LABEL_QUALITY_METRICS,
     PRETRAIN_METRICS,
     QuietMean,
-    codebook_usage,
-    normalized_mutual_information,
     register_metric_descriptors,
 )
+from birq_fs2.models.label_streams import frame_label_streams
 from birq_fs2.models.model import BirqModel, BirqOutput, BirqStep
 from birq_fs2.recipes.errors import (
     LabelCollapseError,

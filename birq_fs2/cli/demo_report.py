@@ -1,4 +1,4 @@
-"""The demo's report: ``python -m birq_fs2.demo_report OUT`` writes OUT/REPORT.md and its
+"""The demo's report: ``python -m birq_fs2.cli.demo_report OUT`` writes OUT/REPORT.md and its
 plots from what ``make demo`` left in OUT (fairseq2's JSONL metrics of the runs, the
 ``birq-evaluate`` summaries and hypotheses, the recipe configs the runs saved).
 
@@ -16,8 +16,9 @@ import json
 import sys
 from pathlib import Path
 
+from birq_fs2.experiments.plots import plot_curves, plot_panels
+from birq_fs2.experiments.runs import read_metrics
 from birq_fs2.metrics import FINETUNE_METRICS, display, series
-from birq_fs2.report import plot_curves, plot_panels, read_metrics
 
 RUNS = ("pretrain", "finetune-birq", "finetune-scratch")
 EVIDENCE = (
@@ -274,7 +275,7 @@ def _read_hypotheses(path: Path) -> dict[str, tuple[str, str]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m birq_fs2.demo_report", description=__doc__.split("\n")[0]
+        prog="python -m birq_fs2.cli.demo_report", description=__doc__.split("\n")[0]
     )
     parser.add_argument("out", type=Path, help="the demo's output folder (demo-out)")
     args = parser.parse_args(argv)

@@ -1,7 +1,7 @@
 """The collapse-cure sweep: which BiRQ variant's enhanced labels carry the most phonetic
 information without collapsing? Measured against true phone alignments.
 
-    python benchmarks/label_quality.py [--budget quick|full] [--variants a,b,...]
+    python benchmarks/label_sweep.py [--budget quick|full] [--variants a,b,...]
         [--seeds 0] [--work DIR] [--out benchmarks/results/label_quality]
 
 Plan: one phone-aligned synthetic corpus (`birq-data synth`, espeak-ng voices only, so
@@ -31,8 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from birq_fs2.experiments.runs import read_metrics  # noqa: E402
 from birq_fs2.metrics import LABEL_QUALITY_METRICS, PRETRAIN_METRICS, display  # noqa: E402
-from birq_fs2.report import read_metrics  # noqa: E402
 
 PRESET = ROOT / "birq_fs2" / "recipes" / "pretrain" / "configs" / "tiny_cpu.yaml"
 
@@ -145,7 +145,7 @@ def analyse(run: Path, corpus: Path, budget: Budget) -> dict:
     out = run / "labels"
     if (out / "labels.json").exists():
         return json.loads((out / "labels.json").read_text())
-    from birq_fs2.labels import analyse as layer_analysis
+    from birq_fs2.cli.labels import analyse as layer_analysis
 
     return layer_analysis(
         str(run), corpus, "dev", max_utterances=budget.max_utterances, out_dir=out
@@ -222,7 +222,7 @@ def write_report(
         f"{budget.validate_every} steps. Same data, steps and seed for every variant.",
         "",
         "PNMI and phone purity: labels of every 40 ms frame of the unmasked dev utterances "
-        "against their true phones (HuBERT's definitions, `birq_fs2/label_quality.py`); the "
+        "against their true phones (HuBERT's definitions, `birq_fs2/label_stats.py`); the "
         "enhanced stream is the noise-free enhanced quantizer on the label layer. Perplexity: "
         "of the labels of the masked frames in training (exp of the code entropy, of 512); "
         "ratio = enhanced / anchor (collapse below 0.05).",
@@ -260,7 +260,7 @@ def write_report(
         "![perplexity against step](perplexity.png)",
         "",
     ]
-    command = " ".join(["python benchmarks/label_quality.py", *sys.argv[1:]])
+    command = " ".join(["python benchmarks/label_sweep.py", *sys.argv[1:]])
     lines += ["## Commands", "", "```bash", command, "```", "",
               "Wall-clock seconds per run (2 cores): "
               + ", ".join(f"{k} {v:.0f}" for k, v in sorted(walls.items())), ""]  # fmt: skip
@@ -331,7 +331,7 @@ def _reading(rows: list[dict]) -> list[str]:
 
 
 def _plots(rows: list[dict], out: Path) -> None:
-    from birq_fs2.report import plot_panels
+    from birq_fs2.experiments.plots import plot_panels
 
     def lines_of(key: str) -> list:
         return [(f"{r['variant']} s{r['seed']}", "o-", r["curves"][key]) for r in rows]

@@ -116,3 +116,23 @@ def stream_quality(
     return {
         name: label_quality(torch.cat(list(parts)), phone_ids) for name, parts in streams.items()
     }
+
+
+def codebook_usage(labels: Tensor, codebook_size: int) -> tuple[float, float]:
+    """(distinct codes used, perplexity = exp(entropy)) of (N, G) labels, mean over codebooks."""
+    used, ppl = [], []
+    for g in range(labels.shape[1]):
+        counts = torch.bincount(labels[:, g], minlength=codebook_size).float()
+        p = counts[counts > 0] / counts.sum()
+        used.append(float((counts > 0).sum()))
+        ppl.append(float(torch.exp(-(p * p.log()).sum())))
+    return sum(used) / len(used), sum(ppl) / len(ppl)
+
+
+def normalized_mutual_information(a: Tensor, b: Tensor) -> float:
+    """NMI (arithmetic normalisation) between two label sequences of the same frames."""
+    if a.numel() == 0:
+        return 0.0
+    joint = joint_distribution(a, b)
+    denom = (entropy(joint.sum(1)) + entropy(joint.sum(0))) / 2
+    return float(mutual_information(joint) / denom) if denom > 0 else 1.0

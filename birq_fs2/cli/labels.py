@@ -1,6 +1,6 @@
 """Which layer carries the phones? HuBERT's layer analysis for a BiRQ / BEST-RQ encoder.
 
-    python -m birq_fs2.labels --model RUN_OR_EXPORT_OR_CARD --data CORPUS [--split dev]
+    birq-labels --model RUN_OR_EXPORT_OR_CARD --data CORPUS [--split dev]
         [--out DIR] [--max-utterances 200]
 
 For each utterance of a split with phone alignments (``birq-data synth`` writes them),
@@ -8,7 +8,7 @@ the model's unmasked forward gives the output of every conformer block; each blo
 output is quantized as BiRQ's enhanced labels are (`enhanced.label_norm`, then the
 enhanced random-projection quantizer, noise-free nearest code), the input as BEST-RQ's
 anchor labels are. Each stream is scored against the phones of the same 40 ms frames
-(`birq_fs2.label_quality`: PNMI, phone and cluster purity, code usage, perplexity).
+(`birq_fs2.label_stats`: PNMI, phone and cluster purity, code usage, perplexity).
 Writes ``labels.json``, ``labels.md`` and ``labels.png`` under --out and prints the table.
 """
 
@@ -17,58 +17,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-from birq_kernels import rpq_labels
 from fairseq2.nn import BatchLayout
 from torch import Tensor
 
 from birq_fs2.data.alignments import alignment_files_next_to, frame_phones, load_alignments
 from birq_fs2.data.audio import AudioError, AudioLoader, FbankExtractor, utterance_seed
 from birq_fs2.data.corpus import CorpusError, load_split
-from birq_fs2.label_quality import stream_quality
-from birq_fs2.models.model import BirqModel, RandomProjectionQuantizer
+from birq_fs2.label_stats import stream_quality
+from birq_fs2.models.label_streams import frame_label_streams, layer_quantizer
+from birq_fs2.models.model import BirqModel
 from birq_fs2.models.source import ModelSourceError, resolve_model
-
-
-def _quantize(normed: Tensor, quantizer: RandomProjectionQuantizer) -> Tensor:
-    return rpq_labels(normed, quantizer.projection, quantizer.codebook, check_codebook_norm=False)[
-        :, 0
-    ]
-
-
-def layer_quantizer(model: BirqModel) -> RandomProjectionQuantizer:
-    """The enhanced quantizer, or for a BEST-RQ model the one its config would build (the
-    same seed and shape BiRQ would use), so that both families are read alike."""
-    if model.enhanced_quantizer is not None:
-        return model.enhanced_quantizer
-    return RandomProjectionQuantizer(model.model_dim, model.config.enhanced)
-
-
-@torch.no_grad()
-def frame_label_streams(
-    model: BirqModel,
-    seqs: Tensor,
-    layout: BatchLayout,
-    layers: Sequence[int],
-    quantizer: RandomProjectionQuantizer | None = None,
-) -> list[dict[str, Tensor]]:
-    """Labels of every encoder frame of a batch of (N, T, C) fbank features, one dict per
-    utterance: ``anchor`` and ``layer_<k>`` for each conformer block k in `layers`
-    (1-based), each (S_i,) for the utterance's S_i unpadded encoder frames."""
-    stacked, out_layout = model.stack(seqs, layout)
-    N, S, _ = stacked.shape
-    lens = [int(n) for n in out_layout.seq_lens] if out_layout.padded else [S] * N
-    streams = {"anchor": model.anchor_labels(stacked.flatten(0, 1))[:, 0].view(N, S)}
-    if layers:
-        _, captured = model.run_encoder(stacked, out_layout, upto=max(layers), capture=layers)
-        q = quantizer if quantizer is not None else layer_quantizer(model)
-        for layer in layers:
-            normed = model.normalize_label_input(captured[layer], out_layout)
-            streams[f"layer_{layer}"] = _quantize(normed.flatten(0, 1), q).view(N, S)
-    return [{name: labels[i, :n] for name, labels in streams.items()} for i, n in enumerate(lens)]
 
 
 def analyse(

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from birq_fs2.label_quality import label_quality
+from birq_fs2.label_stats import label_quality
 
 
 def _phones(n=20_000, num_phones=40, seed=0):
