@@ -16,7 +16,13 @@ from fairseq2.models.wav2vec2.asr import Wav2Vec2AsrModel
 from fairseq2.nn import BatchLayout
 from torch import Tensor
 
-from birq_fs2.data.audio import AudioError, AudioLoader, FbankExtractor, utterance_seed
+from birq_fs2.data.audio import (
+    AudioError,
+    AudioLoader,
+    FbankExtractor,
+    feature_mismatch,
+    utterance_seed,
+)
 from birq_fs2.frames import FBANK_HOP_SECONDS, min_fbank_frames
 from birq_fs2.models.source import ModelSource, ModelSourceError, resolve_model
 
@@ -33,12 +39,8 @@ def ctc_greedy_ids(logits: Tensor, layout: BatchLayout, blank: int = 0) -> list[
     """Best path per utterance: argmax per frame (padding excluded), repeats merged,
     blanks removed."""
     best = logits.argmax(dim=-1).cpu()
-    if layout.padded:
-        lengths = [int(n) for n in layout.seq_lens]
-    else:
-        lengths = [best.shape[1]] * best.shape[0]
     out = []
-    for row, n in zip(best, lengths, strict=True):
+    for row, n in zip(best, layout.seq_lens, strict=True):
         path = torch.unique_consecutive(row[:n])
         out.append([int(i) for i in path if int(i) != blank])
     return out
@@ -72,14 +74,11 @@ class Transcriber:
                 f"vocabulary {self.source.vocabulary_path} has {len(self.vocabulary)} symbols."
             )
         self.feature_config = self.source.feature_config()
-        channels = model.encoder_frontend.feature_extractor.num_fbank_channels
-        if self.feature_config.num_mel_bins != channels:
-            raise ModelSourceError(
-                f"{self.source.spec}: its features have {self.feature_config.num_mel_bins} mel bins but "
-                f"the model's front end expects {channels} fbank channels."
-            )
+        problem = feature_mismatch(self.feature_config, model)
+        if problem is not None:
+            raise ModelSourceError(f"{self.source.spec}: {problem}.")
         self._loader = AudioLoader()
-        self._fbank = FbankExtractor.from_config(self.feature_config)
+        self._fbank = FbankExtractor(self.feature_config)
         self._min_frames = min_fbank_frames(model.encoder_frontend.feature_extractor.stride)
         self.max_frames_per_batch = max_frames_per_batch
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
-from fairseq2.metrics import Mean
+from fairseq2.metrics import Mean, MetricBag, Sum
 from fairseq2.metrics.formatters import format_as_float, format_as_int
 from fairseq2.metrics.recorders import MetricDescriptor
 from fairseq2.runtime.dependency import DependencyContainer
@@ -28,6 +29,13 @@ class Metric:
     formatter: Callable[[object], str] = format_as_float
     builtin: bool = False
     """Registered by fairseq2 itself; listed so that reports read its display name here."""
+    kind: Literal["mean", "sum", "value"] = "value"
+    """How a unit accumulates it (`add_metrics`): "mean" (weighted mean over the publish
+    interval, a `QuietMean` in the metric bag), "sum" (a `Sum`) or "value" (set when the
+    values are published, by the unit's `process_metric_values` or by the trainer)."""
+    enhanced: bool = False
+    """Pretraining: recorded only while the enhanced stream is active (a BEST-RQ run and
+    BiRQ before refine start leave it out of the record)."""
 
 
 class QuietMean(Mean):
@@ -52,33 +60,46 @@ def _table(*metrics: Metric) -> dict[str, Metric]:
 LOSS = Metric("loss", "Loss", builtin=True)
 CTC_LOSS = Metric("ctc_loss", "CTC Loss", builtin=True)
 WER = Metric("wer", "Word Error Rate (WER)", builtin=True)
-DIVERSITY_LOSS = Metric("diversity_loss", "Diversity Loss", builtin=True)
-"""Recorded by the pretraining recipe when enhanced.diversity_weight > 0."""
 LEARNING_RATE = Metric("lr", "Learning Rate", builtin=True)
 
 PRETRAIN_METRICS = _table(
-    LOSS,
+    Metric("loss", "Loss", builtin=True, kind="mean"),
     LEARNING_RATE,
-    Metric("anchor_loss", "Anchor Loss", 101),
-    Metric("enhanced_loss", "Enhanced Loss", 102),
-    Metric("anchor_accuracy", "Anchor Accuracy", 103),
-    Metric("enhanced_accuracy", "Enhanced Accuracy", 104),
-    Metric("anchor_codes_used", "Anchor Codes Used", 105),
-    Metric("anchor_perplexity", "Anchor Code Perplexity", 106),
-    Metric("enhanced_codes_used", "Enhanced Codes Used", 107),
-    Metric("enhanced_perplexity", "Enhanced Code Perplexity", 108),
-    Metric("label_nmi", "Anchor/Enhanced Label NMI", 109),
-    Metric("mask_rate", "Mask Rate", 110),
-    Metric("gamma", "Gamma", 111),
-    Metric("tau", "Gumbel Tau", 112),
-    Metric("enhanced_weight", "Enhanced Loss Weight", 113),
-    Metric("num_targets", "Masked Frames", 830, format_as_int),
+    Metric("anchor_loss", "Anchor Loss", 101, kind="mean"),
+    Metric("enhanced_loss", "Enhanced Loss", 102, kind="mean", enhanced=True),
+    Metric("anchor_accuracy", "Anchor Accuracy", 103, kind="mean"),
+    Metric("enhanced_accuracy", "Enhanced Accuracy", 104, kind="mean", enhanced=True),
+    Metric("anchor_codes_used", "Anchor Codes Used", 105, kind="mean"),
+    Metric("anchor_perplexity", "Anchor Code Perplexity", 106, kind="mean"),
+    Metric("enhanced_codes_used", "Enhanced Codes Used", 107, kind="mean", enhanced=True),
+    Metric("enhanced_perplexity", "Enhanced Code Perplexity", 108, kind="mean", enhanced=True),
+    Metric("label_nmi", "Anchor/Enhanced Label NMI", 109, kind="mean", enhanced=True),
+    Metric("mask_rate", "Mask Rate", 110, kind="mean"),
+    Metric("gamma", "Gamma", 111, kind="mean"),
+    Metric("tau", "Gumbel Tau", 112, kind="mean"),
+    Metric("enhanced_weight", "Enhanced Loss Weight", 113, kind="mean"),
+    # Recorded when enhanced.diversity_weight > 0.
+    Metric("diversity_loss", "Diversity Loss", builtin=True, kind="mean", enhanced=True),
+    Metric("num_targets", "Masked Frames", 830, format_as_int, kind="sum"),
+    Metric("num_examples", "Number of Examples", builtin=True, kind="sum"),
     Metric("skipped_utterances", "Skipped Utterances", 831, format_as_int),
 )
 
 LABEL_QUALITY_METRICS = _table(
-    Metric("enhanced_noise_free_codes_used", "Enhanced Codes Used (noise-free)", 118),
-    Metric("enhanced_noise_free_perplexity", "Enhanced Code Perplexity (noise-free)", 119),
+    Metric(
+        "enhanced_noise_free_codes_used",
+        "Enhanced Codes Used (noise-free)",
+        118,
+        kind="mean",
+        enhanced=True,
+    ),
+    Metric(
+        "enhanced_noise_free_perplexity",
+        "Enhanced Code Perplexity (noise-free)",
+        119,
+        kind="mean",
+        enhanced=True,
+    ),
     Metric("anchor_pnmi", "Anchor PNMI", 120),
     Metric("enhanced_pnmi", "Enhanced PNMI", 121),
     Metric("anchor_phone_purity", "Anchor Phone Purity", 122),
@@ -99,11 +120,23 @@ FINETUNE_METRICS = _table(
     Metric("skipped_utterances", "Skipped Utterances", 831, format_as_int),
 )
 
-ENHANCED_KEYS = (
-    "enhanced_loss", "enhanced_accuracy", "enhanced_codes_used", "enhanced_perplexity", "label_nmi",
-    "diversity_loss", "enhanced_noise_free_codes_used", "enhanced_noise_free_perplexity",
-)  # fmt: skip
+ENHANCED_KEYS = tuple(
+    m.key
+    for table in (PRETRAIN_METRICS, LABEL_QUALITY_METRICS)
+    for m in table.values()
+    if m.enhanced
+)
 """Pretraining metrics of the enhanced stream: recorded only while it is active."""
+
+
+def add_metrics(bag: MetricBag, *tables: dict[str, Metric]) -> None:
+    """The metric bag of a unit: every "mean" and "sum" metric of the tables."""
+    for table in tables:
+        for m in table.values():
+            if m.kind == "mean":
+                bag.add(m.key, QuietMean())
+            elif m.kind == "sum":
+                bag.add(m.key, Sum())
 
 
 def display(key: str, table: dict[str, Metric] = PRETRAIN_METRICS) -> str:

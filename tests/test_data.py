@@ -14,7 +14,7 @@ from fairseq2.datasets import Seq2SeqBatch, SequenceBatch
 from helpers import python
 
 from birq_fs2.cli.data import main as birq_data
-from birq_fs2.data.audio import AudioError, AudioLoader
+from birq_fs2.data.audio import AudioError, AudioLoader, FbankConfig
 from birq_fs2.data.check import check_utterances
 from birq_fs2.data.corpus import (
     CorpusError,
@@ -352,8 +352,10 @@ def test_bad_pipeline_config_names_the_key():
         small_config(min_frames=500, max_frames=400).check()
     with pytest.raises(ValueError, match="`max_frames_per_batch`"):
         small_config(max_frames_per_batch=10).check()
-    with pytest.raises(ValueError, match="`normalize`"):
-        small_config(normalize="batch").check()
+    with pytest.raises(ValueError, match="a multiple of `max_frames` \\(400\\): 1600 or 2000"):
+        small_config(max_frames_per_batch=1700).check()
+    with pytest.raises(ValueError, match="features: `normalize`"):
+        small_config(features=FbankConfig(normalize="batch")).check()
 
 
 # ------------------------------------------------------------- fairseq2 registration

@@ -164,7 +164,7 @@ def test_two_processes_pretrain_and_finetune_in_sync(tmp_path, corpus):
         "regime.publish_metrics_every_n_steps=1",
         # Deterministic features and no length filter: validation and birq-evaluate then
         # decode exactly the same inputs.
-        "dataset.pipeline.dither=0", "dataset.pipeline.min_frames=1",
+        "dataset.pipeline.features.dither=0", "dataset.pipeline.min_frames=1",
     )[1:]), OMP_NUM_THREADS="1")  # fmt: skip
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     rank0, rank1 = _digests(ft)

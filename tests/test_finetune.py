@@ -139,8 +139,8 @@ def test_a_bad_pretrained_encoder_is_one_error_line(tmp_path, corpus, pretrained
         overrides = ["pretrained.model=no_such_card"]
         words = ["no_such_card: no model card of that name"]
     else:  # data features the model's front end cannot take: stopped at setup
-        overrides = ["dataset.pipeline.num_mel_bins=40"]
-        words = ["num_mel_bins is 40", "expects 80 fbank channels"]
+        overrides = ["dataset.pipeline.features.num_mel_bins=40"]
+        words = ["features have 40 mel bins", "expects 80 fbank channels"]
     proc = run(finetune_cmd(tmp_path / "run", corpus, *overrides))
     out = proc.stdout + proc.stderr
     assert proc.returncode == 2, out[-3000:]
@@ -240,10 +240,10 @@ def test_inference_uses_the_features_the_model_was_trained_with(tmp_path, finetu
     got = Transcriber(str(tmp_path / "asr")).features(audio)
     waveform = AudioLoader()(audio).waveform
     seed = utterance_seed(0, "transcribe", "dither")
-    expected = FbankExtractor(80, dither=0.0, normalize="none")(waveform, seed)
+    expected = FbankExtractor(FbankConfig(80, "none", 0.0))(waveform, seed)
     assert torch.equal(got, expected)
     assert not torch.allclose(got, FbankExtractor()(waveform, seed))  # the defaults differ
-    # The run folder reads its config.yaml's dataset.pipeline.
+    # The run folder reads its config.yaml's dataset.pipeline.features.
     assert Transcriber(str(finetuned)).feature_config == FbankConfig()
     del fields["features"]  # an older card: the defaults
     card.write_text(yaml.safe_dump(fields))

@@ -77,13 +77,13 @@ def _enhanced_grads(label_grad):
     return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 
 
-def test_label_grad_st_reaches_label_layers_only_through_the_labels():
-    st, stop = _enhanced_grads("st"), _enhanced_grads("stop")
+def test_label_grad_straight_through_reaches_label_layers_only_through_the_labels():
+    st, stop = _enhanced_grads("straight_through"), _enhanced_grads("detach")
     # Blocks above label_layer only see the prediction path: identical gradients.
     for name in st:
         if name.startswith(("encoder.layers.2.", "encoder.layers.3.", "enhanced_head")):
             torch.testing.assert_close(st[name], stop[name], atol=1e-6, rtol=1e-5)
-    # Blocks 1..label_layer also receive the straight-through label gradient with "st".
+    # Blocks 1..label_layer also receive the straight-through label gradient with "straight_through".
     for layer in (0, 1):
         names = [n for n in st if n.startswith(f"encoder.layers.{layer}.")]
         diff = max((st[n] - stop[n]).abs().max().item() for n in names)
@@ -185,6 +185,8 @@ def test_masker_rate_padding_and_short_utterances():
         (lambda c: setattr(c.enhanced, "label_layer", 0), "enhanced.label_layer"),
         (lambda c: setattr(c.encoder_config, "feature_dim", 300), "encoder_config.feature_dim"),
         (lambda c: setattr(c.enhanced, "label_grad", "straight"), "enhanced.label_grad"),
+        (lambda c: setattr(c.enhanced, "label_grad", "stop"), "write `label_grad: detach`"),
+        (lambda c: setattr(c.enhanced, "logit_scale", 0.0), "enhanced.logit_scale"),
         (lambda c: setattr(c.enhanced, "label_norm", "batch"), "enhanced.label_norm"),
         (lambda c: setattr(c.enhanced, "diversity_weight", 0.1), "enhanced.diversity_weight"),
         (lambda c: setattr(c.masking, "start_prob", 1.5), "masking.start_prob"),
@@ -254,7 +256,7 @@ def test_diversity_weight_adds_the_codebook_diversity_loss():
     grads = {}
     outs = {}
     for weight in (0.0, 0.5):
-        model = build(diversity_weight=weight, label_grad="st")
+        model = build(diversity_weight=weight, label_grad="straight_through")
         torch.manual_seed(0)  # the same mask
         outs[weight] = out = model(x, layout, step)
         out.loss.backward()
@@ -268,7 +270,7 @@ def test_diversity_weight_adds_the_codebook_diversity_loss():
     assert not torch.allclose(grads[0.0], grads[0.5])
 
 
-@pytest.mark.parametrize("label_grad", ["stop", "st"])
+@pytest.mark.parametrize("label_grad", ["detach", "straight_through"])
 def test_bf16_autocast_keeps_the_labels_and_finite_gradients(label_grad):
     """The presets' mixed precision (bf16 autocast): the quantizers compute in fp32 (the
     anchor labels are those of fp32 on the same input), losses and every gradient of the

@@ -44,7 +44,6 @@ def recipe_cmd(out: Path, corpus: Path, *overrides: str) -> list[str]:
 
 def test_schedule_is_a_pure_function_of_the_step():
     section = BirqScheduleSection(
-        refine_start_fraction=0.1,
         gamma=1.0,
         gamma_final=3.0,
         tau_max=2.0,
@@ -73,12 +72,10 @@ def test_schedule_is_a_pure_function_of_the_step():
         StepSchedule(section, 100, 8, 0).noise_seed("train", 12, 0),
     }  # fmt: skip
     assert len(seeds) == 6
-    # A step count and a fraction are two fields: 1.0 is "all the steps", not step 1.
-    assert (
-        StepSchedule(BirqScheduleSection(refine_start_fraction=1.0), 100, 0, 0).refine_start == 100
-    )
+    # One field: a step count, or None for a tenth of the steps (rounded down).
     assert StepSchedule(BirqScheduleSection(refine_start_step=1), 100, 0, 0).refine_start == 1
-    errors = BirqScheduleSection(refine_start_fraction=4.0).validate().errors
+    assert StepSchedule(BirqScheduleSection(), 1234, 0, 0).refine_start == 123
+    errors = BirqScheduleSection(refine_start_step=-1).validate().errors
     assert any("refine_start_step" in e for e in errors)
 
 
@@ -308,14 +305,17 @@ def test_bestrq_run_logs_no_metric_warnings(tmp_path, corpus):
         ("model.config_overrides.enhanced.label_layer=9", "label_layer"),
         ("model.arch=nope", "nope"),
         ("schedule.tau_min=5.0", "tau_min"),
-        ("schedule.refine_start_fraction=1.5", "refine_start_step"),
-        ("dataset.pipeline.num_mel_bins=40", "num_mel_bins is 40"),
+        ("schedule.refine_start_step=-1", "refine_start_step"),
+        ("schedule.refine_start_fraction=0.5", "refine_start_fraction"),
+        ("model.config_overrides.enhanced.label_grad=st", "write `label_grad: straight_through`"),
+        ("dataset.pipeline.features.num_mel_bins=40", "features have 40 mel bins"),
+        ("dataset.pipeline.max_frames_per_batch=3300", "must be a multiple of `max_frames` (400): 3200 or 3600"),
     ],
 )
 def test_bad_configs_fail_at_start_up_naming_the_key(tmp_path, corpus, override, words):
     proc = run(recipe_cmd(tmp_path / "bad", corpus, override) + ["regime.num_steps=2"], timeout=300)
     assert proc.returncode != 0
-    assert words in proc.stdout + proc.stderr
+    assert words in " ".join((proc.stdout + proc.stderr).split())  # rich wraps long lines
     assert not list((tmp_path / "bad" / "checkpoints").glob("step_*"))  # nothing trained
 
 

@@ -137,7 +137,7 @@ def test_feature_cache_gives_the_same_batches():
 
     def epochs(cache_gb: float, n: int = 2) -> list[torch.Tensor]:
         config = SpeechPipelineConfig(
-            max_frames_per_batch=4000, feature_cache_gb=cache_gb, num_parallel_calls=1
+            max_frames_per_batch=3200, feature_cache_gb=cache_gb, num_parallel_calls=1
         )
         pipeline = build_speech_pipeline(utterances, config, seed=3, stats=DataStats())
         out = []

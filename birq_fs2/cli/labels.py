@@ -53,7 +53,7 @@ def analyse(
             f"{data}: no phone alignments (*.phones.txt next to the audio) in split '{split}'; "
             "birq-data synth writes them."
         )
-    extractor = FbankExtractor.from_config(source.feature_config())
+    extractor = FbankExtractor(source.feature_config())
     loader, quantizer = AudioLoader(), layer_quantizer(model)
     layers = list(range(1, model.config.encoder_config.num_encoder_layers + 1))
     frame_seconds = model.config.frame_ms / 1000

@@ -12,13 +12,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torchaudio.functional as AF
 from fairseq2.data._memory import MemoryBlock
 from fairseq2.data.audio import AudioDecoder, WaveformToFbankConverter
 from fairseq2.data.data_pipeline import FileMapper
+from fairseq2.utils.validation import ValidationResult
 
 from birq_fs2.frames import NUM_MEL_BINS, SAMPLE_RATE
 from birq_fs2.seeds import derive_seed
@@ -80,65 +81,85 @@ def utterance_seed(seed: int, utt_id: str, purpose: str) -> int:
 
 @dataclass(frozen=True)
 class FbankConfig:
-    """The feature settings a model is trained with, and must be fed with at inference:
-    the recipes take them from ``dataset.pipeline``, exported cards carry them as their
-    ``features`` field."""
+    """The feature settings a model is trained with and must be fed with at inference: the
+    recipes' ``dataset.pipeline.features`` section, carried by exported cards as their
+    ``features`` field, read back by fine-tuning, `birq-transcribe`, `birq-evaluate` and
+    `birq-labels`. One definition of the defaults and one check (`validate`)."""
 
     num_mel_bins: int = NUM_MEL_BINS
-    normalize: str = "utterance"
+    """Log-mel channels per 10 ms frame; the model's `encoder_config.num_fbank_channels`
+    must equal it (`feature_mismatch`)."""
+    normalize: Literal["utterance", "none"] = "utterance"
+    """"utterance": each utterance's mel bins scaled to mean 0 and variance 1 over its own
+    frames (population variance), independent of what it is batched with; "none"."""
     dither: float = 1e-4
+    """Std of Gaussian noise added to the waveform (in [-1, 1] units) before the
+    filterbank, seeded per utterance: synthetic speech has runs of exact digital zeros
+    whose log energy would sit at the floor."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def validate(self) -> ValidationResult:
+        result = ValidationResult()
+        if not isinstance(self.num_mel_bins, int) or self.num_mel_bins < 1:
+            result.add_error(f"`num_mel_bins` must be an integer >= 1, got {self.num_mel_bins!r}.")
+        if self.normalize not in ("utterance", "none"):
+            result.add_error(f"`normalize` must be 'utterance' or 'none', got {self.normalize!r}.")
+        if not isinstance(self.dither, (int, float)) or self.dither < 0:
+            result.add_error(f"`dither` must be a number >= 0, got {self.dither!r}.")
+        return result
+
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], *, source: str = "features") -> FbankConfig:
-        """The settings among `values` (other keys, e.g. the rest of a pipeline config, are
-        ignored); a wrong type names `source`."""
+        """The settings of a card's ``features`` field or a run's saved section (other
+        keys are ignored); anything `validate` refuses names `source`."""
         if not isinstance(values, Mapping):
             raise ValueError(f"{source}: expected a mapping, got {values!r}.")
         kwargs = {f.name: values[f.name] for f in fields(cls) if f.name in values}
-        try:
-            config = cls(**kwargs)
-            valid = (
-                isinstance(config.num_mel_bins, int)
-                and config.num_mel_bins > 0
-                and config.normalize in ("utterance", "none")
-                and float(config.dither) >= 0
-            )
-        except (TypeError, ValueError):
-            valid = False
-        if not valid:
-            raise ValueError(f"{source}: invalid feature settings {kwargs}.")
+        if isinstance(kwargs.get("dither"), str):  # YAML 1.1 reads "1e-4" as a string
+            try:
+                kwargs["dither"] = float(kwargs["dither"])
+            except ValueError:
+                pass
+        config = cls(**kwargs)
+        errors = config.validate().errors
+        if errors:
+            raise ValueError(f"{source}: invalid feature settings: {' '.join(errors)}")
         return config
 
 
+def feature_mismatch(features: FbankConfig, model: Any) -> str | None:
+    """Why `model`'s front end cannot take these features (None when it can): its fbank
+    channels differ from `num_mel_bins`, so it would fail on a reshape or, worse, train on
+    the wrong features. The recipes stop at setup with it, inference refuses the model."""
+    extractor = model.encoder_frontend.feature_extractor
+    channels = getattr(extractor, "num_fbank_channels", None)
+    if channels is None or channels == features.num_mel_bins:
+        return None
+    return (
+        f"the features have {features.num_mel_bins} mel bins (features.num_mel_bins) but the "
+        f"model's front end expects {channels} fbank channels (encoder_config.num_fbank_channels)"
+    )
+
+
 class FbankExtractor:
-    """16 kHz waveform -> (T, num_mel_bins) log-mel features, 25 ms / 10 ms (Kaldi).
+    """16 kHz waveform -> (T, num_mel_bins) log-mel features, 25 ms / 10 ms (Kaldi), with
+    the dither and normalisation of a `FbankConfig`."""
 
-    ``dither``: std of Gaussian noise added to the waveform (in [-1, 1] units) before the
-    filterbank. Synthetic speech has long runs of exact digital zeros whose log energy
-    would sit at the floor; the noise is drawn from a per-utterance seed.
-    ``normalize``: "utterance" (per-utterance mean/variance per mel bin, independent of
-    batch composition) or "none".
-    """
-
-    def __init__(
-        self, num_mel_bins: int = NUM_MEL_BINS, dither: float = 1e-4, normalize: str = "utterance"
-    ) -> None:
-        if normalize not in ("utterance", "none"):
-            raise ValueError(f"`normalize` must be 'utterance' or 'none', got {normalize!r}.")
-        self.dither, self.normalize = dither, normalize
+    def __init__(self, config: FbankConfig | None = None) -> None:
+        config = config if config is not None else FbankConfig()
+        errors = config.validate().errors
+        if errors:
+            raise ValueError(" ".join(errors))
+        self.config = config
+        self.dither, self.normalize = config.dither, config.normalize
         self._converter = WaveformToFbankConverter(
-            num_mel_bins=num_mel_bins,
+            num_mel_bins=config.num_mel_bins,
             waveform_scale=2.0**15,
             channel_last=True,
             dtype=torch.float32,
         )
-
-    @classmethod
-    def from_config(cls, config: FbankConfig) -> FbankExtractor:
-        return cls(config.num_mel_bins, config.dither, config.normalize)
 
     def __call__(self, waveform: torch.Tensor, noise_seed: int) -> torch.Tensor:
         if self.dither > 0:

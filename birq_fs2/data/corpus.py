@@ -161,18 +161,18 @@ def load_split(path: Path, split: str) -> list[Utterance]:
     )
 
 
-def load_vocabulary(path: Path, train_split: str = "train") -> CharVocabulary:
+def load_vocabulary(path: Path, vocabulary_split: str = "train") -> CharVocabulary:
     """The vocabulary saved with the data (``dict.ltr.txt``), or built from the training
     transcripts of a LibriSpeech root and saved there when the folder is writable."""
     path = Path(path)
     saved = path / "dict.ltr.txt"
     if saved.exists():
         return CharVocabulary.load(saved)
-    utts = load_split(path, train_split)
+    utts = load_split(path, vocabulary_split)
     texts = [u.text for u in utts if u.text is not None]
     if not texts:
         raise CorpusError(
-            f"{path}: no transcripts in split '{train_split}' to build a vocabulary from."
+            f"{path}: no transcripts in split '{vocabulary_split}' to build a vocabulary from."
         )
     vocab = CharVocabulary.build(texts)
     try:

@@ -92,22 +92,23 @@ class SpeechDataset:
 
 @dataclass(kw_only=True)
 class AsrDatasetConfig(SpeechDatasetConfig):
-    train_split: str = "train"
-    """Split whose transcripts define the vocabulary when no dict.ltr.txt is saved."""
+    vocabulary_split: str = "train"
+    """The split whose transcripts define the character vocabulary when the corpus has
+    no dict.ltr.txt (the recipe's `dataset.train_split` chooses what it trains on)."""
 
 
 class AsrDataset(SpeechDataset):
     """Audio + transcripts: `Seq2SeqBatch` of fbank features and character ids."""
 
-    def __init__(self, path: Path, train_split: str = "train") -> None:
+    def __init__(self, path: Path, vocabulary_split: str = "train") -> None:
         super().__init__(path)
-        self.train_split = train_split
+        self.vocabulary_split = vocabulary_split
         self._vocabulary: CharVocabulary | None = None
 
     @property
     def vocabulary(self) -> CharVocabulary:
         if self._vocabulary is None:
-            self._vocabulary = load_vocabulary(self.path, self.train_split)
+            self._vocabulary = load_vocabulary(self.path, self.vocabulary_split)
         return self._vocabulary
 
     def _vocab(self) -> CharVocabulary | None:
@@ -134,4 +135,4 @@ def open_speech_dataset(config: SpeechDatasetConfig) -> SpeechDataset:
 
 
 def open_asr_dataset(config: AsrDatasetConfig) -> AsrDataset:
-    return AsrDataset(_path(config), config.train_split)
+    return AsrDataset(_path(config), config.vocabulary_split)

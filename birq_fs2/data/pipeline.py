@@ -17,7 +17,7 @@ import logging
 import threading
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -25,8 +25,6 @@ from fairseq2.data.data_pipeline import DataPipeline, create_bucket_sizes, read_
 from fairseq2.datasets import DataPipelineReader, Seq2SeqBatch, SequenceBatch, SyncMode
 from fairseq2.gang import Gangs
 from fairseq2.utils.validation import ValidationResult
-
-from birq_fs2.frames import NUM_MEL_BINS
 
 from .audio import AudioError, AudioLoader, FbankConfig, FbankExtractor, utterance_seed
 from .corpus import Utterance
@@ -37,21 +35,20 @@ log = logging.getLogger(__name__)
 
 @dataclass(kw_only=True)
 class SpeechPipelineConfig:
-    num_mel_bins: int = NUM_MEL_BINS
-    """Filterbank channels; must equal the model's encoder_config.num_fbank_channels."""
+    features: FbankConfig = field(default_factory=FbankConfig)
+    """The filterbank (mel bins, normalisation, dither): it travels with the trained model
+    (exported cards carry it; fine-tuning and inference read it back)."""
     min_frames: int = 100
-    """Utterances with fewer fbank frames (birq_fs2.frames: 10 ms each) are skipped and
-    counted. Keep it above the model's mask span in fbank frames (span_len x fbank_stride)."""
+    """In 10 ms fbank frames (not the 40 ms encoder frames of `masking.span_len`):
+    shorter utterances are skipped and counted. Keep it above the model's mask span in
+    fbank frames (span_len x fbank_stride)."""
     max_frames: int = 1600
-    """Longer utterances are randomly cropped to this many frames (unlabelled audio) or
-    skipped and counted (with transcripts: a crop would cut the audio, not the text)."""
+    """In 10 ms fbank frames: longer utterances are randomly cropped to it (unlabelled
+    audio) or skipped and counted (with transcripts: a crop would cut the audio, not the
+    text)."""
     max_frames_per_batch: int = 32_000
-    """Padded frames per batch (batch size x longest utterance); a multiple of max_frames."""
-    normalize: str = "utterance"
-    """"utterance": per-utterance mean and variance normalisation per mel bin; "none"."""
-    dither: float = 1e-4
-    """Std of the Gaussian noise added to the waveform before the filterbank (seeded by
-    utterance; keeps the log energy of digital silence off the floor)."""
+    """Padded 10 ms fbank frames per batch (batch size x longest utterance); a multiple
+    of max_frames (the buckets hold whole max-length utterances)."""
     shuffle_window: int = 10_000
     """Examples shuffled together (0: the whole split; 1: no shuffling)."""
     batch_shuffle_window: int = 64
@@ -67,10 +64,6 @@ class SpeechPipelineConfig:
     first) read the same values without decoding or featurising again; crops are still
     drawn per reading. 1 h of audio is about 115 MB."""
 
-    def features(self) -> FbankConfig:
-        """The settings that travel with a model trained on this pipeline."""
-        return FbankConfig(self.num_mel_bins, self.normalize, self.dither)
-
     def validate(self) -> ValidationResult:
         """fairseq2 calls this on recipe configs (errors name the key)."""
         result = ValidationResult()
@@ -82,10 +75,16 @@ class SpeechPipelineConfig:
             result.add_error(
                 f"`max_frames_per_batch` ({self.max_frames_per_batch}) must be >= `max_frames` ({self.max_frames})."
             )
+        elif self.max_frames_per_batch % self.max_frames:
+            fit = self.max_frames_per_batch // self.max_frames * self.max_frames
+            result.add_error(
+                f"`max_frames_per_batch` ({self.max_frames_per_batch}) must be a multiple of "
+                f"`max_frames` ({self.max_frames}): {fit} or {fit + self.max_frames}."
+            )
         if self.feature_cache_gb < 0:
             result.add_error(f"`feature_cache_gb` must be >= 0, got {self.feature_cache_gb}.")
-        if self.normalize not in ("utterance", "none"):
-            result.add_error(f"`normalize` must be 'utterance' or 'none', got {self.normalize!r}.")
+        for error in self.features.validate().errors:
+            result.add_error(f"features: {error}")
         return result
 
     def check(self) -> None:
@@ -172,7 +171,7 @@ def build_speech_pipeline(
         records.append({"id": u.id, "path": str(u.path), "text": u.text or ""})
 
     loader = AudioLoader()
-    extractor = FbankExtractor.from_config(config.features())
+    extractor = FbankExtractor(config.features)
     cache = FeatureCache(int(config.feature_cache_gb * 1e9))
 
     def featurize(example: dict[str, Any]) -> dict[str, Any] | None:
@@ -225,9 +224,10 @@ def build_speech_pipeline(
     builder.map(featurize, num_parallel_calls=config.num_parallel_calls)
     builder.filter(lambda example: example is not None)
 
-    max_per_batch = config.max_frames_per_batch // config.max_frames * config.max_frames
     bucket_sizes = create_bucket_sizes(
-        max_num_elements=max_per_batch, max_seq_len=config.max_frames, min_seq_len=config.min_frames
+        max_num_elements=config.max_frames_per_batch,
+        max_seq_len=config.max_frames,
+        min_seq_len=config.min_frames,
     )
     builder.bucket_by_length(bucket_sizes, selector="fbank", min_data_len=config.min_frames)
     if shuffle and config.batch_shuffle_window != 1:

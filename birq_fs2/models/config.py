@@ -20,6 +20,9 @@ from birq_fs2.frames import FBANK_STRIDE, NUM_MEL_BINS, encoder_frame_ms
 
 BIRQ_FAMILY: Final = "birq"
 
+RENAMED_LABEL_GRAD: Final = {"st": "straight_through", "stop": "detach"}
+"""`enhanced.label_grad`'s first spellings: refused, with the new one in the message."""
+
 
 @dataclass(kw_only=True)
 class MaskingConfig:
@@ -55,32 +58,40 @@ class EnhancedConfig(QuantizerConfig):
     enabled: bool = True
     """False: no enhanced stream; the model computes exactly BEST-RQ."""
     label_layer: int | None = None
-    """Conformer blocks 1..label_layer generate the enhanced labels (None: half the encoder)."""
+    """Conformer blocks 1..label_layer generate the enhanced labels (1-based; None: half
+    the encoder's blocks, rounded down, at least 1)."""
     label_input: Literal["unmasked", "masked"] = "unmasked"
     """"unmasked": a second partial forward on the clean input (default); "masked":
     reuse the masked forward (cheaper, worse)."""
-    label_grad: Literal["st", "stop"] = "stop"
-    """"stop": the label generator (blocks 1..label_layer on the clean input) gets no
-    gradient from the enhanced loss; "st": the straight-through Gumbel gradient reaches
-    it (BiRQ's end-to-end label training). The default is chosen by measurement
-    (benchmarks/results/label_quality): with "st" the enhanced labels collapse within
-    tens of steps after refine start (noise-free: one code, PNMI 0 on the dev
-    speakers); with "stop" they stay alive."""
+    label_grad: Literal["straight_through", "detach", "st", "stop"] = "detach"
+    """Whether the enhanced loss trains the label generator (blocks 1..label_layer on the
+    clean input) through the labels. "detach": no gradient reaches it along that path
+    (the labels are targets, as online HuBERT's or data2vec's); "straight_through": the
+    straight-through Gumbel gradient reaches it (BiRQ's end-to-end label training). The
+    default is chosen by measurement (benchmarks/results/label_quality): with
+    "straight_through" the enhanced labels collapse within tens of steps after refine
+    start (noise-free: one code, PNMI 0 on the dev speakers); with "detach" they stay
+    alive. "st" and "stop", this field's first spellings, are refused with a hint."""
     label_norm: Literal["layer", "instance"] = "instance"
     """How the label layer's output is normalised before the random projection: "layer"
     (per frame, over channels, parameter-free LayerNorm) or "instance" (per utterance
     and channel, over its unpadded frames, as data2vec normalises its teacher's layers;
     a frame's label still does not depend on what it is batched with). The default is
-    chosen by measurement: with label_grad "stop", instance norm gave the highest
+    chosen by measurement: with label_grad "detach", instance norm gave the highest
     enhanced PNMI of every variant tried (benchmarks/results/label_quality)."""
     diversity_weight: float = 0.0
     """Weight of wav2vec 2.0's codebook diversity loss on the enhanced quantizer (eq. 4:
     (G K - sum_g exp(H(mean_n softmax(s_n,g)))) / (G K), noise-free code softmax), added
     to the per-frame loss; 0: off. Pushes the label generator to use the whole codebook."""
     logit_scale: float = 0.1
-    """Scale of the code similarities before the Gumbel softmax: softmax((s * scale + g) / tau)."""
+    """Divisor of the code similarities, a temperature: with z the normalised projection
+    of a frame and c_j the unit codes, s_j = cos(z, c_j) / logit_scale (0.1: s in
+    [-10, 10]), the label is argmax_j (s_j + g_j) and the soft sample that carries the
+    straight-through gradient is softmax((s + g) / tau), g ~ Gumbel(0, 1) and tau the
+    schedule's temperature. Smaller values sharpen the sample as a smaller tau does;
+    the noise-free label (argmax s) does not depend on it."""
     gumbel_noise: bool = True
-    """False: no Gumbel noise (the soft sample is then softmax(s * scale / tau))."""
+    """False: no Gumbel noise (g = 0: the label is argmax s, the soft sample softmax(s / tau))."""
 
 
 @dataclass(kw_only=True)
@@ -149,19 +160,30 @@ class BirqConfig:
             result.add_error(
                 f"`enhanced.diversity_weight` must be >= 0, got {self.enhanced.diversity_weight}."
             )
-        if self.enhanced.diversity_weight > 0 and self.enhanced.label_grad == "stop":
-            # Its only gradient flows into the label generator, which "stop" detaches.
+        renamed = RENAMED_LABEL_GRAD.get(self.enhanced.label_grad)
+        if renamed is not None:
             result.add_error(
-                "`enhanced.diversity_weight` > 0 has no effect with `enhanced.label_grad: stop`; "
-                "set label_grad: st as well, or diversity_weight: 0."
+                f"`enhanced.label_grad: {self.enhanced.label_grad}` is the old spelling: "
+                f"write `label_grad: {renamed}`."
+            )
+        elif self.enhanced.label_grad not in ("straight_through", "detach"):
+            result.add_error(
+                "`enhanced.label_grad` must be 'straight_through' or 'detach', "
+                f"got {self.enhanced.label_grad!r}."
+            )
+        elif self.enhanced.diversity_weight > 0 and self.enhanced.label_grad == "detach":
+            # Its only gradient flows into the label generator, which "detach" cuts off.
+            result.add_error(
+                "`enhanced.diversity_weight` > 0 has no effect with `enhanced.label_grad: detach`; "
+                "set label_grad: straight_through as well, or diversity_weight: 0."
+            )
+        if self.enhanced.logit_scale <= 0:
+            result.add_error(
+                f"`enhanced.logit_scale` must be > 0, got {self.enhanced.logit_scale}."
             )
         if self.enhanced.label_norm not in ("layer", "instance"):
             result.add_error(
                 f"`enhanced.label_norm` must be 'layer' or 'instance', got {self.enhanced.label_norm!r}."
-            )
-        if self.enhanced.label_grad not in ("st", "stop"):
-            result.add_error(
-                f"`enhanced.label_grad` must be 'st' or 'stop', got {self.enhanced.label_grad!r}."
             )
         if self.conv_module.norm not in ("batch_norm", "layer_norm"):
             result.add_error(

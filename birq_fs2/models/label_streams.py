@@ -43,7 +43,6 @@ def frame_label_streams(
     (1-based), each (S_i,) for the utterance's S_i unpadded encoder frames."""
     stacked, out_layout = model.stack(seqs, layout)
     N, S, _ = stacked.shape
-    lens = [int(n) for n in out_layout.seq_lens] if out_layout.padded else [S] * N
     streams = {"anchor": model.anchor_labels(stacked.flatten(0, 1))[:, 0].view(N, S)}
     if layers:
         _, captured = model.run_encoder(stacked, out_layout, upto=max(layers), capture=layers)
@@ -51,4 +50,7 @@ def frame_label_streams(
         for layer in layers:
             normed = model.normalize_label_input(captured[layer], out_layout)
             streams[f"layer_{layer}"] = _quantize(normed.flatten(0, 1), q).view(N, S)
-    return [{name: labels[i, :n] for name, labels in streams.items()} for i, n in enumerate(lens)]
+    return [
+        {name: labels[i, :n] for name, labels in streams.items()}
+        for i, n in enumerate(out_layout.seq_lens)
+    ]

@@ -8,8 +8,10 @@ fbank_stride = 4 of them into one 40 ms encoder frame, see birq_fs2.frames):
     u -> `masker` (noise spans) -> frontend -> conformer `encoder` -> h_L
     h_L[masked] -> anchor head -> cross-entropy with anchor_labels          (L_anc)
     [enhanced] u -> frontend -> blocks 1..label_layer (unmasked) -> h_k
-               h_k[masked] -> LayerNorm -> enhanced quantizer, straight-through
-               Gumbel labels fused with the enhanced head's cross-entropy   (L_enh)
+               h_k -> `enhanced.label_norm` (instance norm per utterance by default)
+               h_k[masked] -> enhanced quantizer, Gumbel labels fused with the
+               enhanced head's cross-entropy (straight-through gradient into
+               h_k unless `label_grad: detach`, the default)              (L_enh)
     [diversity] L_div: wav2vec 2.0's codebook diversity of the enhanced quantizer
     loss = w * L_enh + gamma * L_anc + lambda * L_div  (before refine start: L_anc alone;
            w ramps 0 -> 1; lambda = enhanced.diversity_weight, per masked frame)
@@ -20,7 +22,6 @@ whose fbank_stride input fbank frames were all replaced with noise.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -88,11 +89,8 @@ class BestRqMasker(Module):
 
     def forward(self, seqs: Tensor, seqs_layout: BatchLayout) -> tuple[Tensor, Tensor]:
         N, S, _ = seqs.shape
-        lens = (
-            torch.tensor(seqs_layout.seq_lens, device=seqs.device)
-            if seqs_layout.padded
-            else torch.full((N,), S, device=seqs.device)
-        )
+        # fairseq2's layouts list every length, padded or not.
+        lens = torch.tensor(seqs_layout.seq_lens, device=seqs.device)
         if int(lens.min()) <= self.span_len:
             raise ValueError(
                 f"An utterance of {int(lens.min())} encoder frames ({int(lens.min()) * self.frame_ms:.0f} ms) is not longer "
@@ -219,12 +217,8 @@ class BirqModel(Module):
         hidden = hidden.float()
         if self.config.enhanced.label_norm == "layer":
             return F.layer_norm(hidden, (hidden.shape[-1],))
-        N, S, _ = hidden.shape
-        lens = (
-            torch.tensor(layout.seq_lens, device=hidden.device)
-            if layout.padded
-            else torch.full((N,), S, device=hidden.device)
-        )
+        S = hidden.shape[1]
+        lens = torch.tensor(layout.seq_lens, device=hidden.device)
         valid = (torch.arange(S, device=hidden.device)[None, :] < lens[:, None])[..., None]
         count = lens[:, None, None].clamp_min(1).float()
         mean = (hidden * valid).sum(dim=1, keepdim=True) / count
@@ -274,13 +268,13 @@ class BirqModel(Module):
             with record_function("birq.label_generator"):
                 if reuse_masked:
                     label_hidden = captured[label_layer]
-                elif cfg.label_grad == "stop":
+                elif cfg.label_grad == "detach":
                     with torch.no_grad():
                         label_hidden, _ = self.run_encoder(stacked, layout, upto=label_layer)
                 else:
                     label_hidden, _ = self.run_encoder(stacked, layout, upto=label_layer)
             label_input = self.normalize_label_input(label_hidden, layout)[mask]
-            if cfg.label_grad == "stop":
+            if cfg.label_grad == "detach":
                 label_input = label_input.detach()
             enh_q = self.enhanced_quantizer
             enhanced_lp = self._log_probs(self.enhanced_head, hidden_masked, enh_q)
@@ -306,7 +300,7 @@ class BirqModel(Module):
             loss=loss, anchor_loss=anchor_loss, enhanced_loss=enhanced_loss, num_targets=num_targets,
             anchor_correct=anchor_correct, enhanced_correct=enhanced_correct,
             anchor_labels=anchor_labels, enhanced_labels=enhanced_labels, diversity_loss=diversity_loss,
-            num_frames=int(sum(layout.seq_lens)) if layout.padded else math.prod(stacked.shape[:2]),
+            num_frames=int(sum(layout.seq_lens)),
         )  # fmt: skip
 
     @staticmethod

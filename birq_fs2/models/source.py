@@ -167,12 +167,15 @@ def _from_run_dir(spec: str, run_dir: Path, step: int | None) -> ModelSource:
 
 
 def run_features(run_dir: Path) -> FbankConfig | None:
-    """The filterbank settings of a recipe run (its config.yaml's dataset.pipeline)."""
+    """The filterbank settings of a recipe run (its config.yaml's dataset.pipeline.features;
+    runs written before that section existed kept them in dataset.pipeline itself)."""
     config_file = run_dir / "config.yaml"
     if not config_file.exists():
         return None
     pipeline = (yaml.safe_load(config_file.read_text()).get("dataset") or {}).get("pipeline")
-    return FbankConfig.from_dict(pipeline) if pipeline else None
+    if not pipeline:
+        return None
+    return FbankConfig.from_dict(pipeline.get("features", pipeline), source=f"{config_file}")
 
 
 def _from_card_dir(spec: str, folder: Path) -> ModelSource:

@@ -11,6 +11,7 @@ from torch.nn import Module
 
 from birq_fs2.checkpoints import CheckpointError
 from birq_fs2.data.alignments import AlignmentError
+from birq_fs2.data.audio import FbankConfig, feature_mismatch
 from birq_fs2.data.corpus import CorpusError
 from birq_fs2.models.asr import EncoderTransferError
 from birq_fs2.models.source import ModelSourceError
@@ -49,13 +50,8 @@ def register_birq_cli_errors(container: DependencyContainer) -> None:
     register_cli_error(container, LabelCollapseError, _training_stopped)
 
 
-def check_feature_dims(num_mel_bins: int, model: Module) -> None:
-    """Stop at setup when the data's filterbank does not have the channels the model's
-    front end stacks (it would fail later on a reshape, or train on the wrong features)."""
-    extractor = model.encoder_frontend.feature_extractor
-    channels = getattr(extractor, "num_fbank_channels", None)
-    if channels is not None and channels != num_mel_bins:
-        raise RunSetupError(
-            f"dataset.pipeline.num_mel_bins is {num_mel_bins} but the model's front end expects "
-            f"{channels} fbank channels (encoder_config.num_fbank_channels): set one to the other."
-        )
+def check_feature_dims(features: FbankConfig, model: Module) -> None:
+    """Stop at setup when `dataset.pipeline.features` do not fit the model's front end."""
+    problem = feature_mismatch(features, model)
+    if problem is not None:
+        raise RunSetupError(f"dataset.pipeline.{problem}: set one to the other.")

@@ -69,7 +69,7 @@ class BirqFinetuneRecipe(Recipe):
         log_replica_digest(model.encoder, "of the encoder after setup")
         dataset = context.get_dataset_as(AsrDataset)
         ds = config.dataset
-        check_feature_dims(ds.pipeline.num_mel_bins, model)
+        check_feature_dims(ds.pipeline.features, model)
         vocab = dataset.vocabulary
         num_outputs = model.final_proj.output_dim
         if num_outputs != len(vocab):
@@ -136,11 +136,11 @@ def _initialise_encoder(model: Module, config: BirqFinetuneConfig) -> None:
         log.info("birq-finetune: no pretrained encoder; training from random weights (baseline).")
         return
     pretrained_source = resolve_model(source, step=config.pretrained.step)
-    trained_on, tuning_on = pretrained_source.features, config.dataset.pipeline.features()
+    trained_on, tuning_on = pretrained_source.features, config.dataset.pipeline.features
     if trained_on is not None and trained_on != tuning_on:
         # Allowed (a deliberate change is possible) but rarely what anyone wants.
         log.warning(
-            "birq-finetune: {} was pretrained on features {} but dataset.pipeline gives {}.",
+            "birq-finetune: {} was pretrained on features {} but dataset.pipeline.features gives {}.",
             source, trained_on.to_dict(), tuning_on.to_dict(),
         )  # fmt: skip
     if any(p.is_meta for p in model.parameters()):
@@ -252,10 +252,9 @@ class CtcEvalUnit(EvalUnit[Seq2SeqBatch]):
         n, chars = batch.num_examples, batch.num_target_elements
         metric_bag.get("ctc_loss", Mean).update(loss.detach() / chars / math.log(2), weight=chars)
         hyps = [self._vocab.decode(ids) for ids in ctc_greedy_ids(logits, out_layout)]
-        target_lens = targets_layout.seq_lens if targets_layout.padded else [targets.shape[1]] * n
         refs = [
             self._vocab.decode(row[:k].tolist())
-            for row, k in zip(targets, target_lens, strict=True)
+            for row, k in zip(targets, targets_layout.seq_lens, strict=True)
         ]
         counts = count_errors(refs, hyps)
         for name in _COUNTS:

@@ -43,16 +43,19 @@ class PretrainDatasetSection(DatasetSection):
     """Audio -> fbank -> batches (the feature settings travel with exported models)."""
 
 
+REFINE_START_DIVISOR = 10
+"""Without `schedule.refine_start_step`, the warm-up is regime.num_steps // 10 steps."""
+
+
 @dataclass(kw_only=True)
 class BirqScheduleSection:
     """Step-driven schedules of the bilevel objective (pure functions of the step number,
     so a resumed run continues with exactly the values it would have had)."""
 
-    refine_start_fraction: float = 0.1
-    """Pure BEST-RQ warm-up before the enhanced loss starts, as a fraction in [0, 1] of
-    regime.num_steps (the enhanced loss is active from the step after)."""
     refine_start_step: int | None = None
-    """The warm-up as a step count instead; when set it replaces refine_start_fraction."""
+    """The last step of the pure BEST-RQ warm-up: the enhanced loss is active from the
+    step after (0: from step 1). None: a tenth of regime.num_steps (rounded down), which
+    moves with num_steps: set a step count before extending a run whose warm-up is over."""
     enhanced_warmup_steps: int = 0
     """The weight w of the enhanced loss ramps linearly from 0 to 1 over this many steps
     after refine start (0: w = 1 at once): L = w * L_enh + gamma * L_anc."""
@@ -76,15 +79,10 @@ class BirqScheduleSection:
         """The last step of the warm-up (the enhanced loss is active after it)."""
         if self.refine_start_step is not None:
             return self.refine_start_step
-        return int(self.refine_start_fraction * num_steps)
+        return num_steps // REFINE_START_DIVISOR
 
     def validate(self) -> ValidationResult:
         result = ValidationResult()
-        if not 0.0 <= self.refine_start_fraction <= 1.0:
-            result.add_error(
-                f"`schedule.refine_start_fraction` must be in [0, 1] (a fraction of regime.num_steps), "
-                f"got {self.refine_start_fraction}; for a step count set `schedule.refine_start_step`."
-            )
         if self.refine_start_step is not None and self.refine_start_step < 0:
             result.add_error(
                 f"`schedule.refine_start_step` must be >= 0 (a step count), got {self.refine_start_step}."

@@ -36,6 +36,7 @@ from birq_fs2.metrics import (
     LABEL_QUALITY_METRICS,
     PRETRAIN_METRICS,
     QuietMean,
+    add_metrics,
     register_metric_descriptors,
 )
 from birq_fs2.models.label_streams import frame_label_streams
@@ -75,7 +76,7 @@ class BirqPretrainRecipe(Recipe):
         dp_model = prepare_data_parallel(context, config.trainer.data_parallelism)
         dataset = context.get_dataset_as(SpeechDataset)
         ds = config.dataset
-        check_feature_dims(ds.pipeline.num_mel_bins, model)
+        check_feature_dims(ds.pipeline.features, model)
         log.info(
             "birq: {:,} parameters; enhanced stream {}; label layer {}.",
             sum(p.numel() for p in model.parameters()),
@@ -151,21 +152,58 @@ class StepSchedule:
         return derive_seed(self.seed, "gumbel", stream, step_nr, self.rank, batch_nr)
 
 
-def _add_metrics(bag: MetricBag) -> None:
-    # The enhanced keys see no update before refine start: NaN, then left out of the record.
-    for name in ("loss", "anchor_loss", "anchor_accuracy", "anchor_codes_used",
-                 "anchor_perplexity", "mask_rate", "gamma", "tau", "enhanced_weight",
-                 *ENHANCED_KEYS):  # fmt: skip
-        bag.add(name, QuietMean())
-    bag.add("num_targets", Sum())
-    bag.add("num_examples", Sum())
-
-
 def _drop_inactive(values: dict[str, Any]) -> None:
     for name in ENHANCED_KEYS:
         value = values.get(name)
         if isinstance(value, Tensor) and value.isnan().all():
             del values[name]
+
+
+@final
+class BirqCriterion:
+    """One batch through the model with the step's schedule values and the batch's own
+    Gumbel noise, and its metrics: what the train and eval units share (as fairseq2's
+    wav2vec2 SSL recipe shares its criterion). `stream` ("train" or "valid") keys the
+    noise, so validation never draws from the training stream."""
+
+    def __init__(
+        self, dp_model: Module, model: BirqModel, schedule: StepSchedule, stream: str
+    ) -> None:
+        self._dp_model, self._model, self._schedule, self._stream = (
+            dp_model,
+            model,
+            schedule,
+            stream,
+        )
+        self.set_step_nr(1)
+
+    def set_step_nr(self, step_nr: int) -> None:
+        # Batch indices restart with every step (and every validation), so a step draws
+        # the same noise whether or not the run was resumed.
+        self.step_nr, self._batch_nr = step_nr, 0
+        self.step = self._schedule(step_nr)
+
+    @staticmethod
+    def prepare_metric_bag(metric_bag: MetricBag) -> None:
+        # The enhanced metrics see no update before refine start: NaN, then left out.
+        add_metrics(metric_bag, PRETRAIN_METRICS, LABEL_QUALITY_METRICS)
+
+    def __call__(self, batch: SequenceBatch, metric_bag: MetricBag) -> BirqOutput:
+        seqs, layout = batch.as_input()
+        seed = self._schedule.noise_seed(self._stream, self.step_nr, self._batch_nr)
+        self._batch_nr += 1
+        step = replace(self.step, seed=seed)
+        out: BirqOutput = self._dp_model(seqs, layout, step)
+        if self._stream == "train" and not torch.isfinite(out.loss):
+            # Stop at once: a NaN step would poison every later checkpoint.
+            enhanced = "off" if out.enhanced_loss is None else f"{out.enhanced_loss.item():.4g}"
+            raise FloatingPointError(
+                f"Non-finite loss at step {self.step_nr} (anchor {out.anchor_loss.item():.4g}, enhanced "
+                f"{enhanced}, utterances {batch.example['ids'][:3]}...). The last checkpoint is intact: "
+                "lower optimizer.config.lr (or trainer.max_grad_norm) and re-run the command to resume."
+            )
+        _update_metrics(metric_bag, batch, out, step, self._model)
+        return out
 
 
 @torch.no_grad()
@@ -264,38 +302,23 @@ class BirqTrainUnit(TrainUnit[SequenceBatch]):
         guard: CollapseGuard | None = None,
         stop: GracefulStop | None = None,
     ) -> None:
-        self._dp_model, self._model, self._schedule, self._stats = dp_model, model, schedule, stats
-        self._stop = stop
+        self._model, self._stats, self._stop = model, stats, stop
+        self._criterion = BirqCriterion(dp_model, model, schedule, "train")
         self._guard = guard or CollapseGuard(schedule.section)
-        self.set_step_nr(1)
 
     @override
     def prepare_metric_bag(self, metric_bag: MetricBag) -> None:
-        _add_metrics(metric_bag)
+        self._criterion.prepare_metric_bag(metric_bag)
 
     @override
     def set_step_nr(self, step_nr: int) -> None:
         if self._stop is not None:
             self._stop.poll(step_nr)
-        self._step_nr, self._batch_nr = step_nr, 0
-        self._step = self._schedule(step_nr)
+        self._criterion.set_step_nr(step_nr)
 
     @override
     def process_batch(self, batch: SequenceBatch, metric_bag: MetricBag) -> tuple[Tensor, int]:
-        seqs, layout = batch.as_input()
-        seed = self._schedule.noise_seed("train", self._step_nr, self._batch_nr)
-        self._batch_nr += 1
-        step = replace(self._step, seed=seed)
-        out: BirqOutput = self._dp_model(seqs, layout, step)
-        if not torch.isfinite(out.loss):
-            # Stop at once: a NaN step would poison every later checkpoint.
-            enhanced = "off" if out.enhanced_loss is None else f"{out.enhanced_loss.item():.4g}"
-            raise FloatingPointError(
-                f"Non-finite loss at step {self._step_nr} (anchor {out.anchor_loss.item():.4g}, enhanced "
-                f"{enhanced}, utterances {batch.example['ids'][:3]}...). The last checkpoint is intact: "
-                "lower optimizer.config.lr (or trainer.max_grad_norm) and re-run the command to resume."
-            )
-        _update_metrics(metric_bag, batch, out, step, self._model)
+        out = self._criterion(batch, metric_bag)
         # A summed loss with its target count: the trainer normalises by the step's total.
         return out.loss, out.num_targets
 
@@ -303,7 +326,7 @@ class BirqTrainUnit(TrainUnit[SequenceBatch]):
     def process_metric_values(self, values: dict[str, Any]) -> None:
         _drop_inactive(values)
         values["skipped_utterances"] = self._stats.num_skipped
-        self._guard.check(values, "enhanced_perplexity", self._step_nr)
+        self._guard.check(values, "enhanced_perplexity", self._criterion.step_nr)
 
 
 @final
@@ -320,7 +343,8 @@ class BirqEvalUnit(EvalUnit[SequenceBatch]):
         alignments: Mapping[str, list[PhoneSegment]] | None = None,
         guard: CollapseGuard | None = None,
     ) -> None:
-        self._dp_model, self._model, self._schedule = dp_model, model, schedule
+        self._model = model
+        self._criterion = BirqCriterion(dp_model, model, schedule, "valid")
         self._guard = guard or CollapseGuard(schedule.section)
         self._alignments = alignments or {}
         self._started = False  # the trainer's calls log the replica digest, not this one
@@ -333,14 +357,12 @@ class BirqEvalUnit(EvalUnit[SequenceBatch]):
 
     @override
     def prepare_metric_bag(self, metric_bag: MetricBag) -> None:
-        _add_metrics(metric_bag)
+        self._criterion.prepare_metric_bag(metric_bag)
 
     @override
     def set_train_step_nr(self, step_nr: int) -> None:
-        # Called once before each validation: batch indices restart, so a validation at
-        # a given step draws the same noise whether or not the run was resumed.
-        self._step_nr, self._batch_nr = step_nr, 0
-        self._step = self._schedule(step_nr)
+        # Called once before each validation.
+        self._criterion.set_step_nr(step_nr)
         if self._started:
             log_replica_digest(self._model, f"at step {step_nr}")
         self._started = True
@@ -349,13 +371,8 @@ class BirqEvalUnit(EvalUnit[SequenceBatch]):
 
     @override
     def process_batch(self, batch: SequenceBatch, metric_bag: MetricBag) -> None:
-        seqs, layout = batch.as_input()
-        seed = self._schedule.noise_seed("valid", self._step_nr, self._batch_nr)
-        self._batch_nr += 1
-        step = replace(self._step, seed=seed)
-        out: BirqOutput = self._dp_model(seqs, layout, step)
-        _update_metrics(metric_bag, batch, out, step, self._model)
-        enhanced = self._model.has_enhanced and step.enhanced_active
+        self._criterion(batch, metric_bag)
+        enhanced = self._model.has_enhanced and self._criterion.step.enhanced_active
         if enhanced or self._alignments:
             self._frame_streams(batch, metric_bag, enhanced)
 
@@ -376,8 +393,9 @@ class BirqEvalUnit(EvalUnit[SequenceBatch]):
             metric_bag.get("enhanced_noise_free_codes_used", QuietMean).update(torch.tensor(used))
             metric_bag.get("enhanced_noise_free_perplexity", QuietMean).update(torch.tensor(ppl))
         frame_seconds = model.config.frame_ms / 1000
-        lens = layout.seq_lens if layout.padded else [seqs.shape[1]] * seqs.shape[0]
-        for utt_id, n, streams in zip(batch.example["ids"], lens, per_utterance, strict=True):
+        for utt_id, n, streams in zip(
+            batch.example["ids"], layout.seq_lens, per_utterance, strict=True
+        ):
             segments = self._alignments.get(utt_id)
             # A cropped utterance no longer starts at the alignment's time 0: left out.
             if segments is None or int(n) != num_fbank_frames(
@@ -392,7 +410,7 @@ class BirqEvalUnit(EvalUnit[SequenceBatch]):
     @override
     def process_metric_values(self, values: dict[str, Any]) -> None:
         _drop_inactive(values)
-        self._guard.check(values, "enhanced_noise_free_perplexity", self._step_nr)
+        self._guard.check(values, "enhanced_noise_free_perplexity", self._criterion.step_nr)
         if not self._frame_phones:
             return
         for stream, quality in stream_quality(self._frame_labels, self._frame_phones).items():
