@@ -198,7 +198,10 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 def test_synth_is_deterministic_and_speakers_are_disjoint(tmp_path, corpus):
     again = tmp_path / "again"
     synthesize_corpus(again, hours=0.02, num_speakers=6, seed=3, jobs=1, progress=False)
-    files = sorted(p.relative_to(corpus) for p in corpus.rglob("*") if p.is_file())
+    # The shared corpus may have gained the vocabulary that fine-tuning saves next to it.
+    files = sorted(
+        p.relative_to(corpus) for p in corpus.rglob("*") if p.is_file() and p.name != "dict.ltr.txt"
+    )
     assert files == sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
     match, mismatch, errors = filecmp.cmpfiles(
         corpus, again, [str(f) for f in files], shallow=False

@@ -138,7 +138,7 @@ def feature_mismatch(features: FbankConfig, model: Any) -> str | None:
     if channels is None or channels == features.num_mel_bins:
         return None
     return (
-        f"the features have {features.num_mel_bins} mel bins (features.num_mel_bins) but the "
+        f"the features have {features.num_mel_bins} mel bins (num_mel_bins) but the "
         f"model's front end expects {channels} fbank channels (encoder_config.num_fbank_channels)"
     )
 

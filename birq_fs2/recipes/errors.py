@@ -54,4 +54,4 @@ def check_feature_dims(features: FbankConfig, model: Module) -> None:
     """Stop at setup when `dataset.pipeline.features` do not fit the model's front end."""
     problem = feature_mismatch(features, model)
     if problem is not None:
-        raise RunSetupError(f"dataset.pipeline.{problem}: set one to the other.")
+        raise RunSetupError(f"dataset.pipeline.features: {problem}; set one to the other.")
