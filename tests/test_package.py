@@ -38,3 +38,35 @@ def test_asset_cards_and_presets_ship_as_package_data():
     for recipe in ("pretrain", "finetune"):
         presets = resources.files(f"birq_fs2.recipes.{recipe}.configs")
         assert (presets / "tiny_cpu.yaml").is_file(), recipe
+
+
+def _imports(path) -> set[str]:
+    import ast
+
+    tree = ast.parse(path.read_text(), str(path))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def test_floors_no_import_runs_from_the_library_up_to_a_command():
+    """Commands (birq_fs2/cli) and experiments sit on top: the library, the models and the
+    recipes never import them, and experiments import no command."""
+    package = ROOT / "birq_fs2"
+    upward = []
+    for path in sorted(package.rglob("*.py")):
+        floor = path.relative_to(package).parts[0]
+        if floor == "cli":
+            continue
+        above = (
+            ("birq_fs2.cli",)
+            if floor == "experiments"
+            else ("birq_fs2.cli", "birq_fs2.experiments")
+        )
+        upward += [f"{path.relative_to(ROOT)} imports {name}" for name in _imports(path)
+                   if name.startswith(above)]  # fmt: skip
+    assert not upward, upward
