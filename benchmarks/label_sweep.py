@@ -14,7 +14,7 @@ the reference for the anchor labels.
 
 Resumable: a finished run (its last checkpoint on disk) is skipped, an interrupted one
 resumes from its last checkpoint (the recipe does it), and the report is rewritten from
-whatever runs exist. Writes REPORT.md, results.json and two plots under --out; the runs
+whatever runs exist (a run's output is in <work>/logs). Writes REPORT.md, results.json and two plots under --out; the runs
 themselves stay in --work (not committed).
 """
 
@@ -22,19 +22,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from birq_fs2.experiments.runs import read_metrics  # noqa: E402
+from birq_fs2.experiments.runs import (  # noqa: E402
+    finished,
+    metric_rows,
+    recipe_command,
+    run_command,
+)
 from birq_fs2.metrics import LABEL_QUALITY_METRICS, PRETRAIN_METRICS, display  # noqa: E402
-
-PRESET = ROOT / "birq_fs2" / "recipes" / "pretrain" / "configs" / "tiny_cpu.yaml"
 
 
 @dataclass(frozen=True)
@@ -56,39 +57,53 @@ CONV = "model.config_overrides.conv_module"
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "bestrq": ("BEST-RQ (no enhanced stream)", ["model.arch=bestrq_tiny"]),
     # Spelled out, so that the sweep keeps meaning the same runs when defaults change.
+    # Variant names are the first spellings of label_grad (st, stop); results refer to them.
     "birq": (
-        "BiRQ as first built (label_grad st, label_norm layer)",
-        [f"{ENH}.label_grad=st", f"{ENH}.label_norm=layer"],
+        "BiRQ as first built (label_grad straight_through, label_norm layer)",
+        [f"{ENH}.label_grad=straight_through", f"{ENH}.label_norm=layer"],
     ),
-    "stop": ("label_grad: stop", [f"{ENH}.label_grad=stop", f"{ENH}.label_norm=layer"]),
-    "instance": ("label_norm: instance", [f"{ENH}.label_grad=st", f"{ENH}.label_norm=instance"]),
+    "stop": ("label_grad: detach", [f"{ENH}.label_grad=detach", f"{ENH}.label_norm=layer"]),
+    "instance": (
+        "label_norm: instance",
+        [f"{ENH}.label_grad=straight_through", f"{ENH}.label_norm=instance"],
+    ),
     "stop_instance": (
-        "label_grad: stop + label_norm: instance",
-        [f"{ENH}.label_grad=stop", f"{ENH}.label_norm=instance"],
+        "label_grad: detach + label_norm: instance",
+        [f"{ENH}.label_grad=detach", f"{ENH}.label_norm=instance"],
     ),
     "warmup": (
         "enhanced-loss warm-up over 25 % of the steps",
         [
             "schedule.enhanced_warmup_steps={quarter}",
-            f"{ENH}.label_grad=st",
+            f"{ENH}.label_grad=straight_through",
             f"{ENH}.label_norm=layer",
         ],
     ),
-    "masked": ("label_input: masked", [f"{ENH}.label_input=masked", f"{ENH}.label_grad=st"]),
-    "diversity": ("diversity_weight 0.1", [f"{ENH}.diversity_weight=0.1", f"{ENH}.label_grad=st"]),
+    "masked": (
+        "label_input: masked",
+        [f"{ENH}.label_input=masked", f"{ENH}.label_grad=straight_through"],
+    ),
+    "diversity": (
+        "diversity_weight 0.1",
+        [f"{ENH}.diversity_weight=0.1", f"{ENH}.label_grad=straight_through"],
+    ),
     "instance_diversity": (
         "label_norm: instance + diversity_weight 0.1",
-        [f"{ENH}.label_norm=instance", f"{ENH}.diversity_weight=0.1", f"{ENH}.label_grad=st"],
+        [
+            f"{ENH}.label_norm=instance",
+            f"{ENH}.diversity_weight=0.1",
+            f"{ENH}.label_grad=straight_through",
+        ],
     ),
     # The convolution module's norm (model.conv_module), on today's default BiRQ.
     "ln_conv": (
-        "stop + instance, conv_module layer_norm (centred)",
-        [f"{ENH}.label_grad=stop", f"{ENH}.label_norm=instance", f"{CONV}.norm=layer_norm"],
+        "detach + instance, conv_module layer_norm (centred)",
+        [f"{ENH}.label_grad=detach", f"{ENH}.label_norm=instance", f"{CONV}.norm=layer_norm"],
     ),
     "ln_conv_causal": (
-        "stop + instance, conv_module layer_norm causal (w2v-BERT 2.0's, exports to HF)",
+        "detach + instance, conv_module layer_norm causal (w2v-BERT 2.0's, exports to HF)",
         [
-            f"{ENH}.label_grad=stop",
+            f"{ENH}.label_grad=detach",
             f"{ENH}.label_norm=instance",
             f"{CONV}.norm=layer_norm",
             f"{CONV}.causal=true",
@@ -112,33 +127,20 @@ def run_dir(work: Path, variant: str, seed: int) -> Path:
     return work / "runs" / f"{variant}-s{seed}"
 
 
-def finished(run: Path, steps: int) -> bool:
-    return (run / "checkpoints" / f"step_{steps}").is_dir()
-
-
-def pretrain(corpus: Path, run: Path, variant: str, seed: int, budget: Budget) -> float:
-    """Runs (or resumes) one variant; returns the wall-clock seconds of this call."""
+def pretrain(work: Path, corpus: Path, run: Path, variant: str, seed: int, budget: Budget) -> float:
+    """Runs (or resumes) one variant, its output in <work>/logs; returns the wall-clock
+    seconds of this call."""
     overrides = [o.format(quarter=max(1, budget.steps // 4)) for o in VARIANTS[variant][1]]
-    cmd = [
-        sys.executable, "-m", "birq_fs2.recipes.pretrain", str(run), "--config-file", str(PRESET),
-        "--config", f"dataset.config_overrides.path={corpus}", f"common.seed={seed}",
+    cmd = recipe_command(
+        "pretrain", run, corpus, f"common.seed={seed}",
         f"regime.num_steps={budget.steps}", f"regime.validate_every_n_steps={budget.validate_every}",
         f"regime.checkpoint_every_n_steps={budget.validate_every}",
         f"lr_scheduler.config.num_warmup_steps={max(1, budget.steps // 10)}",
         "regime.publish_metrics_every_n_steps=" + str(max(1, budget.validate_every // 5)),
         *overrides,
-    ]  # fmt: skip
-    started = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env())
-    if proc.returncode != 0:
-        raise RuntimeError(f"{run}: pretraining failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
-    return time.perf_counter() - started
-
-
-def _env() -> dict[str, str]:
-    import os
-
-    return {**os.environ, "FAIRSEQ2_NO_PROGRESS": "1"}
+    )  # fmt: skip
+    log = work / "logs" / f"pretrain-{run.name}.log"
+    return run_command(cmd, log, f"pretraining {run.name}", tag="label_quality")
 
 
 def analyse(run: Path, corpus: Path, budget: Budget) -> dict:
@@ -153,8 +155,8 @@ def analyse(run: Path, corpus: Path, budget: Budget) -> dict:
 
 
 def summarize(run: Path, variant: str, seed: int, layers: dict | None) -> dict:
-    valid = read_metrics(run / "metrics" / "valid" / "valid.jsonl")
-    train = read_metrics(run / "metrics" / "train.jsonl")
+    valid = metric_rows(run, "valid")
+    train = metric_rows(run, "train")
 
     def curve(rows: list[dict], key: str, table=PRETRAIN_METRICS) -> list[tuple[int, float]]:
         name = display(key, table)
@@ -381,8 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     for variant, seed in plan:
         run = run_dir(work, variant, seed)
         if not finished(run, budget.steps):
-            print(f"label_quality: pretraining {run.name} ...", file=sys.stderr, flush=True)
-            walls[run.name] = round(pretrain(corpus, run, variant, seed, budget), 1)
+            walls[run.name] = round(pretrain(work, corpus, run, variant, seed, budget), 1)
         layers = analyse(run, corpus, budget)
         rows.append(summarize(run, variant, seed, layers))
         write_report(rows, args.out, args.budget, budget, walls)  # after every run

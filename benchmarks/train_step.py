@@ -89,7 +89,7 @@ def main() -> None:
         return
     arch = args.arch or ("base" if device == "cuda" else "tiny")
     results = {}
-    variants = (f"bestrq_{arch}", arch, f"{arch}:label_grad=stop", f"{arch}:label_input=masked")
+    variants = (f"bestrq_{arch}", arch, f"{arch}:label_grad=straight_through", f"{arch}:label_input=masked")
     for name in variants:
         proc = subprocess.run(
             [sys.executable, __file__, "--worker", name, "--steps", str(args.steps),
@@ -122,7 +122,7 @@ def main() -> None:
         "|---|---|---|---|---|---|",
         *[f"| {k} | {v['params']:,} | {1000 * v['median_s']:.0f} | {v['time_ratio']:.2f} | "
           f"{v['peak_extra_mb']:.0f} | {v['memory_ratio']:.2f} |" for k, v in results.items()],
-        "", f"BiRQ (defaults: unmasked label input, straight-through labels) / BEST-RQ: "
+        "", f"BiRQ (defaults: unmasked label input, detached labels) / BEST-RQ: "
         f"time {ratio_t:.2f}x, peak memory {ratio_m:.2f}x.",
     ]  # fmt: skip
     (args.out / "train_step.md").write_text("\n".join(md) + "\n")

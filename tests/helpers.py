@@ -3,21 +3,25 @@ runners, metric readers and checkpoint access (pytest puts tests/ on sys.path)."
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
 
-from birq_fs2.checkpoints import model_state_files
-from birq_fs2.experiments.runs import read_metrics
+# Run folders are launched and read by birq_fs2.experiments.runs; the tests import
+# PRETRAIN_PRESET, metrics (its run_metrics) and model_state from here.
+from birq_fs2.experiments.runs import (
+    PRETRAIN_PRESET,  # noqa: F401
+    model_state,
+    recipe_command,
+    recipe_env,
+)
+from birq_fs2.experiments.runs import run_metrics as metrics  # noqa: F401
 
 ROOT = Path(__file__).parents[1]
-PRETRAIN_PRESET = ROOT / "birq_fs2" / "recipes" / "pretrain" / "configs" / "tiny_cpu.yaml"
-FINETUNE_PRESET = ROOT / "birq_fs2" / "recipes" / "finetune" / "configs" / "tiny_cpu.yaml"
 FIXTURES = ROOT / "tests" / "fixtures" / "librispeech"
-ENV = {**os.environ, "FAIRSEQ2_NO_PROGRESS": "1"}
+ENV = recipe_env()
 
 
 def run(cmd: list[str], timeout: int = 600, **env: str) -> subprocess.CompletedProcess:
@@ -31,32 +35,16 @@ def python(code: str, timeout: int = 300, **env: str) -> subprocess.CompletedPro
 
 
 def pretrain_cmd(out: Path, corpus: Path, *overrides: str) -> list[str]:
-    return [
-        sys.executable, "-m", "birq_fs2.recipes.pretrain", str(out), "--config-file", str(PRETRAIN_PRESET),
-        "--config", f"dataset.config_overrides.path={corpus}", *overrides,
-    ]  # fmt: skip
+    return recipe_command("pretrain", out, corpus, *overrides)
 
 
 def finetune_cmd(out: Path, corpus: Path, *overrides: str) -> list[str]:
-    return [
-        sys.executable, "-m", "birq_fs2.recipes.finetune", str(out), "--config-file", str(FINETUNE_PRESET),
-        "--config", f"dataset.config_overrides.path={corpus}",
-        # The fixtures are tiny: half of them labelled (subset by common.seed), not the
-        # preset's 10 minutes of the demo corpus.
-        "dataset.train_fraction=0.5", "dataset.train_subset_seed=null", *overrides,
-    ]  # fmt: skip
-
-
-def metrics(run_dir: Path, split: str = "train") -> dict[int, dict]:
-    """A run's JSONL metrics by step (the last row of a step repeated by a resume)."""
-    path = run_dir / "metrics" / ("train.jsonl" if split == "train" else "valid/valid.jsonl")
-    return {m["Step"]: m for m in read_metrics(path)}
-
-
-def model_state(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
-    """The model state of a single-process run's step."""
-    (only,) = model_state_files(run_dir, step)
-    return torch.load(only, map_location="cpu", weights_only=True)
+    # The fixtures are tiny: half of them labelled (subset by common.seed), not the
+    # preset's 10 minutes of the demo corpus.
+    return recipe_command(
+        "finetune", out, corpus, "dataset.train_fraction=0.5", "dataset.train_subset_seed=null",
+        *overrides,
+    )  # fmt: skip
 
 
 def fsdp_shard_run(run_dir: Path, step: int, dest: Path, parameters: set[str], world: int = 2):

@@ -1,8 +1,8 @@
-"""benchmarks/evidence.py: its statistics, and its quick plan end to end (resumed too)."""
+"""benchmarks/evidence.py: its statistics (birq_fs2.experiments.stats), its run handling
+(birq_fs2.experiments.runs), and its quick plan end to end (resumed too)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import sys
@@ -12,47 +12,83 @@ import pytest
 import yaml
 from helpers import FIXTURES, ROOT, run
 
-
-def _evidence():
-    spec = importlib.util.spec_from_file_location("evidence", ROOT / "benchmarks" / "evidence.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["evidence"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+from birq_fs2.experiments.runs import (
+    PRETRAIN_PRESET,
+    finished,
+    recipe_command,
+    run_command,
+    run_lock,
+    run_metrics,
+)
+from birq_fs2.experiments.stats import (
+    bootstrap_difference,
+    interval_sign,
+    mean_std,
+    seed_interval,
+)
 
 
 def test_bootstrap_difference_is_paired_over_seeds_and_utterances():
-    evidence = _evidence()
     # (word errors, ref words, char errors, ref chars) per utterance; 40 utterances.
     base = {s: {f"u{i}": (2, 10, 4, 50) for i in range(40)} for s in (0, 1)}
-    same = evidence.bootstrap_difference(base, base)
+    same = bootstrap_difference(base, base)
     assert same["wer_diff"] == 0 and same["wer_ci95"] == [0, 0] and same["seeds"] == [0, 1]
     better = {s: {u: (1, 10, 3, 50) for u in base[s]} for s in (0, 1)}
-    c = evidence.bootstrap_difference(better, base)
+    c = bootstrap_difference(better, base)
     assert c["wer_diff"] == pytest.approx(-10.0) and c["cer_diff"] == pytest.approx(-2.0)
     assert c["wer_ci95"] == pytest.approx([-10.0, -10.0])  # every utterance differs alike
     assert c["wer_seed_ci95"] == pytest.approx([-10.0, -10.0])  # and every seed
     # Over seeds: t-interval of the per-seed differences (t 4.303 for 3 seeds).
-    lo, hi = evidence.seed_interval(np.array([-3.0, -1.0, 1.0]))
+    lo, hi = seed_interval(np.array([-3.0, -1.0, 1.0]))
     assert (lo, hi) == pytest.approx((-1 - 4.303 * 2 / 3**0.5, -1 + 4.303 * 2 / 3**0.5), abs=0.01)
-    assert evidence.seed_interval(np.array([1.0])) is None
+    assert seed_interval(np.array([1.0])) is None
     # Half the utterances better, half worse: the mean is 0 and the interval straddles it.
     mixed = {s: {f"u{i}": (0 if i % 2 else 4, 10, 4, 50) for i in range(40)} for s in (0, 1)}
-    m = evidence.bootstrap_difference(mixed, base)
+    m = bootstrap_difference(mixed, base)
     assert m["wer_diff"] == pytest.approx(0.0) and m["wer_ci95"][0] < 0 < m["wer_ci95"][1]
+    assert interval_sign(m["wer_ci95"]) == 0 and interval_sign(c["wer_ci95"]) == -1
+    assert interval_sign([0.5, 2.0]) == 1
     # Seeds only in one arm are left out of the pairing.
-    assert evidence.bootstrap_difference({**better, 5: better[0]}, base)["seeds"] == [0, 1]
+    assert bootstrap_difference({**better, 5: better[0]}, base)["seeds"] == [0, 1]
+
+
+def test_mean_std_over_seeds():
+    assert mean_std([1.0, 3.0]) == pytest.approx((2.0, 2**0.5))
+    assert mean_std([4.0]) == (4.0, None)  # one seed: no spread
 
 
 def test_a_run_in_flight_is_not_started_twice(tmp_path):
-    evidence = _evidence()
     lock = tmp_path / "locks" / "pretrain-bestrq-s0.lock"
-    with evidence.run_lock(lock, "pretraining bestrq-s0"):
+    with run_lock(lock, "pretraining bestrq-s0"):
         with pytest.raises(RuntimeError, match="another evidence runner is running it now"):
-            with evidence.run_lock(lock, "pretraining bestrq-s0"):
+            with run_lock(lock, "pretraining bestrq-s0"):
                 pass
-    with evidence.run_lock(lock, "pretraining bestrq-s0"):  # released: free again
+    with run_lock(lock, "pretraining bestrq-s0"):  # released: free again
         pass
+
+
+def test_recipe_runs_are_launched_and_read_alike(tmp_path):
+    cmd = recipe_command("pretrain", tmp_path / "run", tmp_path / "corpus", "common.seed=3")
+    assert cmd[1:] == ["-m", "birq_fs2.recipes.pretrain", str(tmp_path / "run"), "--config-file",
+                       str(PRETRAIN_PRESET), "--config",
+                       f"dataset.config_overrides.path={tmp_path / 'corpus'}", "common.seed=3"]  # fmt: skip
+    assert PRETRAIN_PRESET.is_file()  # inside the installed package
+    log = tmp_path / "logs" / "fail.log"
+    code = "import sys; print('the cause'); sys.exit(3)"
+    with pytest.raises(
+        RuntimeError, match=r"(?s)a test failed \(exit 3; log .*fail\.log\).*the cause"
+    ):
+        run_command([sys.executable, "-c", code], log, "a test")
+    assert log.read_text().startswith("$ ")  # the command, then its output
+    run_dir = tmp_path / "run"
+    (run_dir / "metrics").mkdir(parents=True)
+    rows = [{"Step": 1, "Loss": 3.0}, {"Step": 2, "Loss": 2.0}, {"Step": 1, "Loss": 2.5}]
+    (run_dir / "metrics" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert run_metrics(run_dir) == {1: {"Step": 1, "Loss": 2.5}, 2: {"Step": 2, "Loss": 2.0}}
+    assert run_metrics(run_dir, "valid") == {}  # no validation yet
+    assert not finished(run_dir, 2)
+    (run_dir / "checkpoints" / "step_2").mkdir(parents=True)
+    assert finished(run_dir, 2)
 
 
 @pytest.mark.slow

@@ -11,20 +11,19 @@ plots from what ``make demo`` left in OUT (fairseq2's JSONL metrics of the runs,
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from pathlib import Path
 
 from birq_fs2.experiments.plots import plot_curves, plot_panels
-from birq_fs2.experiments.runs import read_metrics
+from birq_fs2.experiments.runs import metric_rows, read_hypotheses
 from birq_fs2.metrics import FINETUNE_METRICS, display, series
 
 RUNS = ("pretrain", "finetune-birq", "finetune-scratch")
 EVIDENCE = (
-    Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "evidence" / "results.json"
+    Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "evidence" / "results.json"
 )
-"""benchmarks/evidence.py's committed results (a source checkout only)."""
+"""benchmarks/evidence.py's committed results (a source checkout only: birq_fs2/cli/../..)."""
 FINETUNE_RUNS = (("birq", "finetune-birq", "BiRQ-pretrained encoder"),
                  ("scratch", "finetune-scratch", "no pretraining (baseline)"))  # fmt: skip
 
@@ -117,10 +116,8 @@ def write_demo_report(out: Path, num_examples: int = 6) -> Path:
               "configuration and step budget; only the encoder's initial weights differ.", ""]  # fmt: skip
     # (train, valid) metric rows of each run, read once.
     metrics = {
-        run: (read_metrics(out / run / "metrics" / "train.jsonl"),
-              read_metrics(out / run / "metrics" / "valid" / "valid.jsonl"))
-        for run in RUNS
-    }  # fmt: skip
+        run: (metric_rows(out / run, "train"), metric_rows(out / run, "valid")) for run in RUNS
+    }
     lines += _reading(birq, scratch, metrics["pretrain"][0], metrics["finetune-birq"][0])
     lines += _evidence_lines(EVIDENCE)
 
@@ -150,9 +147,7 @@ def write_demo_report(out: Path, num_examples: int = 6) -> Path:
         "| utterance | reference | BiRQ | baseline |",
         "|---|---|---|---|",
     ]
-    hyps = {
-        key: _read_hypotheses(out / "eval" / key / "hypotheses.tsv") for key, _, _ in FINETUNE_RUNS
-    }
+    hyps = {key: _hypotheses(out / "eval" / key) for key, _, _ in FINETUNE_RUNS}
     for utt in sorted(hyps["birq"])[:num_examples]:
         ref, hyp = hyps["birq"][utt]
         base = hyps["scratch"].get(utt, ("", ""))[1]
@@ -265,12 +260,9 @@ def _relative(new: float, old: float) -> str:
     return f"{100 * (new - old) / old:+.1f} %" if old else "n/a"
 
 
-def _read_hypotheses(path: Path) -> dict[str, tuple[str, str]]:
-    with path.open(encoding="utf-8") as f:
-        return {
-            r["id"]: (r["reference"], r["hypothesis"])
-            for r in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        }
+def _hypotheses(eval_dir: Path) -> dict[str, tuple[str, str]]:
+    """{utterance id: (reference, hypothesis)} of a birq-evaluate folder."""
+    return {utt_id: (ref, hyp) for utt_id, ref, hyp in read_hypotheses(eval_dir)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,167 @@
+"""The evidence's plan: its budgets, its arms (what each pretrains and fine-tunes) and the
+comparisons between them; benchmarks/evidence.py runs it, benchmarks/evidence_report.py
+writes its report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+SUBSET_SEED = 0
+"""One labelled subset for every arm and seed: only the initial encoder differs."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    hours: float
+    """Training audio of the synthetic corpus (dev and test: 10 % of it each, other speakers)."""
+    speakers: int
+    labelled_minutes: float
+    pretrain_steps: int
+    pretrain_validate_every: int
+    finetune_steps: int
+    finetune_validate_every: int
+    label_utterances: int
+    """Dev utterances of the layer analysis (birq-labels) of each pretrained encoder."""
+    seeds: str
+
+
+BUDGETS = {
+    "quick": Budget(
+        hours=0.03, speakers=6, labelled_minutes=1.0, pretrain_steps=4,
+        pretrain_validate_every=2, finetune_steps=4, finetune_validate_every=2,
+        label_utterances=10, seeds="0",
+    ),
+    "full": Budget(
+        hours=2.0, speakers=40, labelled_minutes=10.0, pretrain_steps=400,
+        pretrain_validate_every=100, finetune_steps=300, finetune_validate_every=50,
+        label_utterances=200, seeds="0,1,2",
+    ),
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Arm:
+    title: str
+    pretrain: list[str] | None
+    """Pretraining overrides; None: no pretraining (the fine-tuning starts from scratch)."""
+    equal_cost: bool = False
+    """Pretrained for the steps that BiRQ's measured step cost buys, not the budget's."""
+    finetune: tuple[str, ...] = ()
+    """Fine-tuning overrides (probes of the fine-tuning recipe; empty for the comparison)."""
+    encoder_of: str | None = None
+    """Fine-tune the encoder that arm pretrained (same seed) instead of pretraining again."""
+    pretrain_scale: float = 1.0
+    """Pretraining steps as a multiple of the budget's."""
+    baseline: str | None = None
+    """Probes only: the arm it is compared with (same fine-tuning recipe, or the default)."""
+    knob: bool = False
+    """A comparison arm that is also a row of "making pretraining pay" (against `scratch`):
+    the knob it changes (here: pretraining length) is one that was tried to make it pay."""
+
+    @property
+    def probe(self) -> bool:
+        """Part of "making pretraining pay" (one recipe knob changed), not the comparison."""
+        return self.baseline is not None
+
+    @property
+    def pretrained(self) -> bool:
+        return self.pretrain is not None or self.encoder_of is not None
+
+
+ENH = "model.config_overrides.enhanced"
+CONV = "model.config_overrides.conv_module"
+ARMS: dict[str, Arm] = {
+    "scratch": Arm("no pretraining", None),
+    "bestrq": Arm("BEST-RQ, equal steps", ["model.arch=bestrq_tiny"]),
+    "birq": Arm("BiRQ (defaults)", []),
+    "bestrq_cost": Arm("BEST-RQ, equal compute", ["model.arch=bestrq_tiny"], equal_cost=True),
+    # The same comparison at 3x the pretraining steps: the first length at which BEST-RQ
+    # paid in the 10-minute regime (found as a probe, `bestrq_long`, which kept its name).
+    "bestrq_long": Arm(
+        "BEST-RQ, 3x pretraining steps", ["model.arch=bestrq_tiny"], pretrain_scale=3.0, knob=True
+    ),
+    "birq_long": Arm("BiRQ (defaults), 3x pretraining steps", [], pretrain_scale=3.0),
+    "bestrq_cost_long": Arm(
+        "BEST-RQ, equal compute to `birq_long`",
+        ["model.arch=bestrq_tiny"],
+        equal_cost=True,
+        pretrain_scale=3.0,
+    ),
+    # The convolution module (model.conv_module): w2v-BERT 2.0's causal layer-norm one,
+    # which the transformers export needs; fine-tuned with the birq_ctc family.
+    "birq_long_ln": Arm(
+        "BiRQ (defaults), layer-norm causal convolutions, 3x pretraining steps",
+        [f"{CONV}.norm=layer_norm", f"{CONV}.causal=true"],
+        finetune=("model.family=birq_ctc", f"{CONV}.norm=layer_norm", f"{CONV}.causal=true"),
+        pretrain_scale=3.0,
+    ),
+    "birq_long_ln_centred": Arm(
+        "BiRQ (defaults), layer-norm centred convolutions, 3x pretraining steps",
+        [f"{CONV}.norm=layer_norm"],
+        finetune=("model.family=birq_ctc", f"{CONV}.norm=layer_norm"),
+        pretrain_scale=3.0,
+    ),
+    "birq_masked": Arm("BiRQ, label_input: masked", [f"{ENH}.label_input=masked"]),
+    # Named when label_grad's values were spelled st / stop (committed results use the names).
+    "birq_st": Arm("BiRQ, label_grad: straight_through", [f"{ENH}.label_grad=straight_through"]),
+    # Making pretraining pay: one knob of the fine-tuning recipe each, a BEST-RQ arm against
+    # the no-pretraining arm fine-tuned with the same recipe.
+    "bestrq_freeze": Arm(
+        "BEST-RQ, encoder frozen for the first 50 fine-tuning steps",
+        None,
+        finetune=("pretrained.freeze_encoder_for_n_steps=50",),
+        encoder_of="bestrq",
+        baseline="scratch",
+    ),
+    "scratch_lr5e-4": Arm(
+        "no pretraining, fine-tuning lr 5e-4",
+        None,
+        finetune=("optimizer.config.lr=5e-4",),
+        baseline="scratch",
+    ),
+    "bestrq_lr5e-4": Arm(
+        "BEST-RQ, fine-tuning lr 5e-4",
+        None,
+        finetune=("optimizer.config.lr=5e-4",),
+        encoder_of="bestrq",
+        baseline="scratch_lr5e-4",
+    ),
+}
+ARM_GROUPS = {
+    "comparison": "scratch,bestrq,birq,bestrq_cost",
+    "long": "scratch,bestrq_long,birq_long,bestrq_cost_long",
+    "probes": "bestrq_freeze,scratch_lr5e-4,bestrq_lr5e-4",
+}
+"""Sets of arms `--arms` takes by name (each can run as its own runner on one work folder)."""
+DEFAULT_ARMS = "comparison,long"
+COMPARISONS = [
+    ("bestrq", "scratch"), ("birq", "scratch"), ("birq", "bestrq"), ("birq", "bestrq_cost"),
+    ("bestrq_long", "scratch"), ("birq_long", "scratch"), ("birq_long", "bestrq_long"),
+    ("birq_long", "bestrq_cost_long"), ("birq_long_ln", "birq_long"),
+    ("birq_long_ln_centred", "birq_long"), ("birq_long_ln", "birq_long_ln_centred"),
+    ("birq_masked", "birq"), ("birq_st", "birq"),
+    *((name, arm.baseline) for name, arm in ARMS.items() if arm.probe),
+]  # fmt: skip
+"""(arm, baseline): reported when both have runs; the difference is arm - baseline."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The corpus and its split names."""
+
+    corpus: Path
+    train: str
+    dev: str
+    test: str
+
+
+def cost_matched(steps: int, ratio: float) -> int:
+    """BEST-RQ steps that cost what `steps` BiRQ steps cost (never fewer than `steps`)."""
+    return max(steps, round(steps * ratio))
+
+
+def arm_pretrain_steps(arm: str, budget: Budget, cost: dict | None) -> int:
+    spec = ARMS[arm]
+    steps = round(budget.pretrain_steps * spec.pretrain_scale)
+    return cost_matched(steps, cost["ratio"]) if spec.equal_cost else steps

@@ -1,0 +1,411 @@
+"""The evidence's report: results.json, REPORT.md and two plots from the collected runs
+and their statistics (benchmarks/evidence.py collects them and calls `write_report`)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from evidence_plan import ARMS, SUBSET_SEED, Budget, arm_pretrain_steps
+
+from birq_fs2.experiments.stats import interval_sign, mean_std
+
+
+def write_report(
+    out: Path, budget_name: str, budget: Budget, meta: dict, results: dict, stats: dict,
+    test_sets: list[str],
+) -> None:  # fmt: skip
+    """results.json (the plan, the runs and their statistics), the plots and REPORT.md."""
+    out.mkdir(parents=True, exist_ok=True)
+    arms = {a: _arm_summary(a, budget, meta) for a in stats["per_arm"]}
+    payload = {"budget": budget_name, **asdict(budget), **meta, "arms": arms, **results, **stats}
+    (out / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
+    main_set = test_sets[0]
+    _plots(results, stats, out, main_set)
+    lines = [
+        *_intro(budget_name, budget, meta),
+        *_cost_lines(budget, meta.get("equal_cost"), stats),
+        *_arm_table(results, stats, main_set),
+        *_other_sets_table(stats, test_sets),
+        *(line for s in test_sets for line in _differences(stats["comparisons"].get(s, {}), s)),
+        *error_section(results, stats, main_set),
+        *probe_section(results, stats, main_set),
+        "## Reading", "", *reading(stats, main_set), "",
+        *_closing(results, meta),
+    ]  # fmt: skip
+    (out / "REPORT.md").write_text("\n".join(lines))
+
+
+def _arm_summary(arm: str, budget: Budget, meta: dict) -> dict:
+    spec = ARMS[arm]
+    steps = arm_pretrain_steps(spec.encoder_of or arm, budget, meta.get("equal_cost"))
+    return {"title": spec.title, "probe": spec.probe, "baseline": spec.baseline,
+            "pretrain_steps": steps if spec.pretrained else 0}  # fmt: skip
+
+
+def _intro(budget_name: str, budget: Budget, meta: dict) -> list[str]:
+    return [
+        "# The evidence: BiRQ vs BEST-RQ vs no pretraining",
+        "",
+        f"Budget `{budget_name}`. Pretraining: tiny encoders (`tiny_cpu.yaml`), "
+        f"{budget.pretrain_steps} steps (`*_long` arms: 3x; each arm's count is in the table) "
+        f"on all {meta['train_hours']:.2f} h of unlabelled training audio. Fine-tuning: CTC (`tiny_cpu.yaml`), {budget.finetune_steps} steps on "
+        f"the same {meta['labelled_minutes']:.1f} minutes of labelled utterances for every arm "
+        f"and seed (dataset.train_fraction {meta['labelled_fraction']:.4f}, subset seed "
+        f"{SUBSET_SEED}); the checkpoint with the best dev WER is exported and scored on the "
+        "held-out test speakers. Seeds vary the pretraining and the fine-tuning both.",
+        "",
+    ]
+
+
+def _cost_lines(budget: Budget, cost: dict | None, stats: dict) -> list[str]:
+    """How equal compute was set: the step-cost ratio, where it comes from, and the steps."""
+    if not cost:
+        return []
+    if cost["measured_on"].startswith("seed"):
+        source = (
+            f"on this machine in this plan's {cost['measured_on']} runs, fairseq2's Compute Time); "
+        )
+    else:
+        source = f"{cost['measured_on']}); "
+    steps = ", ".join(
+        f"`{a}` pretrains BEST-RQ for {arm_pretrain_steps(a, budget, cost)} steps"
+        for a in stats["per_arm"]
+        if ARMS[a].equal_cost
+    )
+    return [
+        f"Equal compute: BiRQ's training step cost {cost['birq_s_per_step']:.3f} s against "
+        f"BEST-RQ's {cost['bestrq_s_per_step']:.3f} s (ratio {cost['ratio']:.2f}, measured "
+        + source
+        + steps
+        + ".",
+        "",
+    ]
+
+
+def _arm_table(results: dict, stats: dict, test_set: str) -> list[str]:
+    """The comparison arms (not the probes) on the main test set, with label quality."""
+    lines = [f"## Test WER / CER ({test_set})", "",
+             "| arm | seeds | pretraining steps | dev WER % | test WER % | test CER % | WER per seed | "
+             "anchor PNMI | enhanced PNMI | enhanced ppl (noise-free) | best block PNMI |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for arm, by_set in stats["per_arm"].items():
+        if not ARMS[arm].probe:
+            lines.append(_arm_row(results, arm, by_set[test_set]))
+    return [*lines, "", "Mean ± standard deviation over seeds. PNMI: the pretrained encoder's labels "
+            "of every dev frame against the true phones (the recipe's last validation; "
+            "`best block`: birq-labels' best conformer block per seed).", ""]  # fmt: skip
+
+
+def _arm_row(results: dict, arm: str, a: dict) -> str:
+    pre = [r["pretrain"] for r in results["runs"] if r["arm"] == arm and r["pretrain"]]
+
+    def mean_of(key: str) -> str:
+        vals = [p[key] for p in pre if isinstance(p.get(key), (int, float))]
+        return _fmt(sum(vals) / len(vals)) if vals else "-"
+
+    best = [p["best_layer"] for p in pre if p.get("best_layer")]
+    best_txt = ", ".join(f"{b['pnmi']:.3f} (block {b['block']})" for b in best) if best else "-"
+    ppl = [p["enhanced_noise_free_perplexity"] for p in pre
+           if isinstance(p.get("enhanced_noise_free_perplexity"), (int, float))]  # fmt: skip
+    steps = sorted({p["steps"] for p in pre if p.get("steps")})
+    return (
+        f"| {ARMS[arm].title} (`{arm}`) | {len(a['seeds'])} | "
+        f"{', '.join(map(str, steps)) or 0} | {_dev_best(results, arm)[0]} | "
+        f"{_pm(a['wer'], a['wer_std'])} | "
+        f"{_pm(a['cer'], a['cer_std'])} | {', '.join(f'{w:.1f}' for w in a['wer_per_seed'])} | "
+        f"{mean_of('anchor_pnmi')} | {mean_of('enhanced_pnmi')} | "
+        f"{_fmt(sum(ppl) / len(ppl), '.1f') if ppl else '-'} | {best_txt} |"
+    )
+
+
+def _other_sets_table(stats: dict, test_sets: list[str]) -> list[str]:
+    """Every arm on the --eval-data test sets."""
+    if len(test_sets) < 2:
+        return []
+    lines = ["## Other test sets (--eval-data)", "",
+             "| arm | " + " | ".join(f"{s} WER % | {s} CER %" for s in test_sets[1:]) + " |",
+             "|---|" + "---|---|" * (len(test_sets) - 1)]  # fmt: skip
+    for arm, by_set in stats["per_arm"].items():
+        cells = [f"{_pm(by_set[s]['wer'], by_set[s]['wer_std'])} | "
+                 f"{_pm(by_set[s]['cer'], by_set[s]['cer_std'])}" for s in test_sets[1:]]  # fmt: skip
+        lines.append(f"| `{arm}` | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def _differences(comps: dict, test_set: str) -> list[str]:
+    """The paired differences of every comparison measured on `test_set`."""
+    if not comps:
+        return []
+    lines = [f"## Paired differences ({test_set})", "",
+             "| comparison | seeds | WER diff (points) | relative | 95 % CI | CER diff | 95 % CI | "
+             "WER diff per seed | WER 95 % CI over seeds |",
+             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for key, c in comps.items():
+        lines.append(
+            f"| {key} | {len(c['seeds'])} | {c['wer_diff']:+.2f} | {c['wer_relative']:+.1%} | "
+            f"[{c['wer_ci95'][0]:+.2f}, {c['wer_ci95'][1]:+.2f}] | {c['cer_diff']:+.2f} | "
+            f"[{c['cer_ci95'][0]:+.2f}, {c['cer_ci95'][1]:+.2f}] | "
+            f"{', '.join(f'{d:+.1f}' for d in c['wer_diff_per_seed'])} | "
+            + (f"[{c['wer_seed_ci95'][0]:+.1f}, {c['wer_seed_ci95'][1]:+.1f}] |"
+               if c.get("wer_seed_ci95") else "- |")
+        )  # fmt: skip
+    return [*lines, "", "Negative = the first arm has fewer errors. CI: 95 % percentile "
+            "bootstrap over test utterances (2000 resamples) of the mean over seeds (the "
+            "test set's sampling); over seeds: Student t-interval of the per-seed "
+            "differences (the spread of training runs).", ""]  # fmt: skip
+
+
+def _closing(results: dict, meta: dict) -> list[str]:
+    """The plots, the commands that produced the runs and their wall-clock times."""
+    return ["![dev WER against fine-tuning step](dev_wer.png)", "",
+            "![test WER per arm](test_wer.png)", "", "## Commands", "", "```bash",
+            " ".join(["python benchmarks/evidence.py", *meta["argv"]]), *probe_command(results, meta),
+            "```", "",
+            "Wall-clock seconds per run (this machine): "
+            + ", ".join(f"{k} {v:.0f}" for k, v in sorted(meta["wall_s"].items())), ""]  # fmt: skip
+
+
+def error_section(results: dict, stats: dict, test_set: str) -> list[str]:
+    """What the errors are: at high error rates WER counts mostly substituted words, and
+    its differences are differences of words right and of word boundaries."""
+    lines = [f"## Error types ({test_set})", "",
+             "| arm | words right % | word sub. % | word del. % | word ins. % | "
+             "chars right % | char sub. % | char del. % | char ins. % |",
+             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    subs = []
+    for arm in stats["per_arm"]:
+        if ARMS[arm].probe:
+            continue
+        rows = [r["error_types"] for r in results["runs"] if r["arm"] == arm]
+        mean = {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
+        subs.append(mean["word_substitutions"])
+        lines.append(
+            f"| `{arm}` | " + " | ".join(f"{mean[f'{u}_{k}']:.1f}" for u in ("word", "char")
+                                        for k in ("hits", "substitutions", "deletions", "insertions"))
+            + " |"
+        )  # fmt: skip
+    lines += ["", "Percent of the reference words (characters), mean over seeds."]
+    if subs and min(subs) > 50:
+        lines.append(
+            f"Every arm substitutes {min(subs):.0f}-{max(subs):.0f} % of the words: the models "
+            "spell words roughly, rarely exactly, so WER differences here are differences in "
+            "the few words spelled right and in word boundaries (deletions, insertions), and "
+            "CER is the finer measure of how much was recognised."
+        )
+    return [*lines, ""]
+
+
+def probe_command(results: dict, meta: dict) -> list[str]:
+    """The command that ran the probes (a second runner on the same work folder)."""
+    probes = sorted({(r["arm"], r["seed"]) for r in results["runs"] if ARMS[r["arm"]].probe},
+                    key=lambda r: (list(ARMS).index(r[0]), r[1]))  # fmt: skip
+    if not probes or "--arms" in meta["argv"]:
+        return []
+    arms = ",".join(dict.fromkeys(a for a, _ in probes))
+    seeds = ",".join(map(str, sorted({s for _, s in probes})))
+    return [
+        " ".join(["python benchmarks/evidence.py", *meta["argv"], "--arms", arms, "--seeds", seeds])
+    ]
+
+
+def _dev_best(results: dict, arm: str, seeds: set[int] | None = None) -> tuple[str, str]:
+    """Mean ± sd over seeds (only `seeds` if given) of the dev WER and CER at the best
+    validation by WER, the checkpoint that is exported."""
+    best = [r["dev_best"] for r in results["runs"] if r["arm"] == arm and r["dev_best"]
+            and (seeds is None or r["seed"] in seeds)]  # fmt: skip
+    if not best:
+        return "-", "-"
+    wer, wer_sd = mean_std([b["wer"] for b in best])
+    cer, cer_sd = mean_std([b["cer"] for b in best])
+    return _pm(wer, wer_sd), _pm(cer, cer_sd)
+
+
+def probe_section(results: dict, stats: dict, test_set: str) -> list[str]:
+    """Making pretraining pay: each probe (one recipe knob) against its baseline."""
+    comps = stats["comparisons"].get(test_set, {})
+    probes = knob_rows(comps)
+    if not probes:
+        return []
+    lines = [
+        "## Making pretraining pay: what was tried",
+        "",
+        "Each probe changes one knob of the pretraining or fine-tuning recipe of a BEST-RQ arm "
+        "and is compared with the no-pretraining arm fine-tuned with the same recipe "
+        "with the same seeds (dev: the validation with the best WER, the checkpoint that is "
+        "exported). The knob that paid, 3x pretraining steps, became the second length of the "
+        "comparison above (`*_long`).",
+        "",
+        "| probe | baseline | seeds | dev WER % | baseline dev WER % | dev CER % | "
+        "baseline dev CER % | test WER diff (95 % CI) | test CER diff (95 % CI) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for arm, base in probes:
+        seeds = set(stats["per_arm"][arm][test_set]["seeds"])  # paired: the probe's seeds
+        (wer, cer), (bwer, bcer) = _dev_best(results, arm), _dev_best(results, base, seeds)
+        c = comps.get(f"{arm} vs {base}")
+        diff = (
+            (f"{c['wer_diff']:+.1f} [{c['wer_ci95'][0]:+.1f}, {c['wer_ci95'][1]:+.1f}]",
+             f"{c['cer_diff']:+.1f} [{c['cer_ci95'][0]:+.1f}, {c['cer_ci95'][1]:+.1f}]")
+            if c else ("-", "-")
+        )  # fmt: skip
+        lines.append(
+            f"| {ARMS[arm].title} (`{arm}`) | `{base}` | {len(stats['per_arm'][arm][test_set]['seeds'])} | "
+            f"{wer} | {bwer} | {cer} | {bcer} | {diff[0]} | {diff[1]} |"
+        )
+    return [*lines, ""]
+
+
+def knob_rows(comps: dict) -> list[tuple[str, str]]:
+    """(arm, baseline) of "making pretraining pay" that have a comparison: every probe, and
+    the comparison arms whose knob was tried for it, against no pretraining."""
+    rows = [(a, s.baseline or "scratch") for a, s in ARMS.items() if s.probe or s.knob]
+    return [(a, b) for a, b in rows if f"{a} vs {b}" in comps]
+
+
+# --- the reading: the issue's questions answered from the numbers -----------------------
+
+_LONG = "At 3x the pretraining steps (the `*_long` arms):"
+QUESTIONS = (
+    ("bestrq vs scratch", "Does BEST-RQ beat no pretraining?"),
+    ("birq vs scratch", "Does BiRQ beat no pretraining?"),
+    ("birq vs bestrq", "Does BiRQ beat BEST-RQ at equal pretraining steps?"),
+    ("birq vs bestrq_cost", "Does BiRQ beat BEST-RQ at equal pretraining compute?"),
+    ("bestrq_long vs scratch", f"{_LONG} does BEST-RQ beat no pretraining?"),
+    ("birq_long vs scratch", f"{_LONG} does BiRQ beat no pretraining?"),
+    ("birq_long vs bestrq_long", f"{_LONG} does BiRQ beat BEST-RQ at equal steps?"),
+    ("birq_long vs bestrq_cost_long", f"{_LONG} does BiRQ beat BEST-RQ at equal compute?"),
+)
+"""(comparison, the question it answers), in the order of the reading."""
+
+
+def reading(stats: dict, test_set: str) -> list[str]:
+    """The answers to the issue's questions, in words, from the numbers."""
+    comps = stats["comparisons"].get(test_set, {})
+    return [
+        *(_verdict(comps.get(key), question) for key, question in QUESTIONS),
+        *_probes_that_pay(comps),
+        *_claim(comps),
+    ]
+
+
+def _verdict(c: dict | None, question: str) -> str:
+    """One question's answer from its comparison's intervals (None: not measured)."""
+    if c is None:
+        return f"- {question} Not measured yet."
+    answer = _answer(interval_sign(c["wer_ci95"]), interval_sign(c["cer_ci95"]))
+    n = len(c["seeds"])
+    lo, hi = c["wer_ci95"]
+    clo, chi = c["cer_ci95"]
+    return (
+        f"- {question} **{answer}**: WER {c['wer_diff']:+.1f} points ({c['wer_relative']:+.1%} "
+        f"relative; per seed {', '.join(f'{d:+.1f}' for d in c['wer_diff_per_seed'])}; 95 % CI "
+        f"[{lo:+.1f}, {hi:+.1f}]), CER {c['cer_diff']:+.1f} points (95 % CI [{clo:+.1f}, "
+        f"{chi:+.1f}]); {n} seed{'s' if n > 1 else ''}.{_seed_caveat(c)}"
+    )
+
+
+def _answer(words: int, chars: int) -> str:
+    """The answer from the signs of the WER and CER intervals (-1: fewer errors)."""
+    if words == chars == -1:
+        return "Yes"
+    if words == chars == 1:
+        return "No, it is worse"
+    if {words, chars} == {-1, 1}:
+        return "Mixed: " + ("fewer word errors, more character errors" if words < 0
+                            else "more word errors, fewer character errors")  # fmt: skip
+    if -1 in (words, chars):
+        return f"Fewer {'word' if words < 0 else 'character'} errors only"
+    if 1 in (words, chars):
+        return f"More {'word' if words > 0 else 'character'} errors only"
+    return "Not distinguishable"
+
+
+def _seed_caveat(c: dict) -> str:
+    """What the seeds say: too few to tell, within their spread, or holding over them."""
+    n = len(c["seeds"])
+    seed_ci = c.get("wer_seed_ci95")
+    if n < 3:
+        return (f" With {n} seed{'s' if n > 1 else ''} the intervals cover the sampling of "
+                "the test set, not the spread of training runs.")  # fmt: skip
+    if seed_ci and seed_ci[0] <= 0 <= seed_ci[1]:
+        return (f" Over training runs the WER difference is within the seed spread (t-interval "
+                f"over the {n} seeds [{seed_ci[0]:+.1f}, {seed_ci[1]:+.1f}]).")  # fmt: skip
+    return (f" It holds over training runs too (t-interval over the {n} seeds "
+            f"[{seed_ci[0]:+.1f}, {seed_ci[1]:+.1f}]).")  # fmt: skip
+
+
+def _probes_that_pay(comps: dict) -> list[str]:
+    knobs = knob_rows(comps)
+    if not knobs:
+        return []
+    paying = [
+        f"`{arm}` ({len(c['seeds'])} seed{'s' if len(c['seeds']) > 1 else ''}: WER "
+        f"{c['wer_diff']:+.1f}, CER {c['cer_diff']:+.1f} against `{base}`)"
+        for arm, base in knobs
+        if (c := comps[f"{arm} vs {base}"])["wer_ci95"][1] < 0 and c["cer_ci95"][1] < 0
+    ]  # fmt: skip
+    return [
+        "- Which probes make pretraining pay in both WER and CER (test CIs below 0)? "
+        + (", ".join(paying) + "." if paying else "None so far.")
+    ]
+
+
+def _claim(comps: dict) -> list[str]:
+    """The paper's claim, at each pretraining length whose three comparisons exist."""
+    lines = []
+    for suffix, steps in (("", "the budget's pretraining steps"), ("_long", "3x the steps")):
+        goal = [comps.get(k.replace("@", suffix)) for k in
+                ("birq@ vs bestrq@", "birq@ vs bestrq_cost@", "bestrq@ vs scratch")]  # fmt: skip
+        if all(goal):
+            reached = (
+                all(c["wer_relative"] <= -0.05 and c["wer_ci95"][1] < 0 for c in goal[:2])
+                and goal[2]["wer_ci95"][1] < 0
+            )
+            lines.append(
+                f"- The paper's claim at {steps} (BiRQ at least 5 % relative WER below BEST-RQ "
+                "at equal steps and compute, both below no pretraining): "
+                + ("**reached**." if reached else "**not reached** here.")
+            )
+    return lines
+
+
+def _pm(mean: float, sd: float | None) -> str:
+    return f"{mean:.1f}" + (f" ± {sd:.1f}" if sd is not None else "")
+
+
+def _fmt(v, spec=".3f") -> str:
+    return format(v, spec) if isinstance(v, (int, float)) else "-"
+
+
+def _plots(results: dict, stats: dict, out: Path, test_set: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from birq_fs2.experiments.plots import plot_panels
+
+    arms = list(stats["per_arm"])
+    styles = ["o-", "s-", "^-", "d-", "v-", "x-"]
+    lines = []
+    for i, arm in enumerate(arms):
+        curves = [dict(r["dev_wer"]) for r in results["runs"] if r["arm"] == arm and r["dev_wer"]]
+        steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+        mean = [(s, sum(c[s] for c in curves) / len(curves)) for s in steps]
+        lines.append((f"{arm} ({len(curves)} seeds)", styles[i % len(styles)], mean))
+    plot_panels([("Dev WER % (mean over seeds)", lines)], out / "dev_wer.png", "fine-tuning step")
+
+    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(arms), 3.4))
+    for i, arm in enumerate(arms):
+        a = stats["per_arm"][arm][test_set]
+        ax.bar(i, a["wer"], color="#9ecae1", yerr=a["wer_std"] or 0, capsize=4)
+        ax.plot([i] * len(a["wer_per_seed"]), a["wer_per_seed"], "k.", markersize=6)
+    ax.set_xticks(range(len(arms)), arms, rotation=20)
+    ax.set_ylabel(f"test WER % ({test_set})")
+    ax.set_title("Test WER per arm (bar: mean, dots: seeds)")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "test_wer.png", dpi=110)
+    plt.close(fig)
