@@ -11,6 +11,7 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
+from birq_fs2.cli import run_command
 from birq_fs2.data.corpus import (
     CorpusError,
     find_splits,
@@ -185,13 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    try:
-        return args.fn(args)
-    except Exception as ex:  # noqa: BLE001 - one line for users; --debug for the traceback
-        if args.debug:
-            raise
-        print(f"birq-data {args.command}: error: {ex}", file=sys.stderr)
-        return 2
+    return run_command(f"birq-data {args.command}", args, lambda: args.fn(args))
 
 
 if __name__ == "__main__":

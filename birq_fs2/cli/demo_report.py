@@ -15,6 +15,7 @@ import json
 import sys
 from pathlib import Path
 
+from birq_fs2.cli import run_command
 from birq_fs2.experiments.plots import plot_curves, plot_panels
 from birq_fs2.experiments.runs import metric_rows, read_hypotheses
 from birq_fs2.metrics import FINETUNE_METRICS, display, series
@@ -270,13 +271,14 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m birq_fs2.cli.demo_report", description=__doc__.split("\n")[0]
     )
     parser.add_argument("out", type=Path, help="the demo's output folder (demo-out)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
-    try:
+
+    def report() -> int:
         print(write_demo_report(args.out))
-    except Exception as ex:  # noqa: BLE001
-        print(f"demo_report: error: {ex}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    return run_command("demo_report", args, report)
 
 
 if __name__ == "__main__":

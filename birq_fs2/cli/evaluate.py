@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from birq_fs2.cli import run_command
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="birq-evaluate", description=__doc__.split("\n")[0])
@@ -32,21 +34,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
-    try:
-        out = args.out
-        if out is None:
-            out = Path("birq-eval") / (args.split or args.data.name)
-        from birq_fs2.evaluation import evaluate
+    return run_command("birq-evaluate", args, lambda: _evaluate(args))
 
-        summary, num_problems = evaluate(
-            args.model, args.data, args.split, out, torch.device(args.device),
-            progress=not args.quiet,
-        )  # fmt: skip
-    except Exception as ex:  # noqa: BLE001 - one line for users; --debug for the traceback
-        if args.debug:
-            raise
-        print(f"birq-evaluate: error: {ex}", file=sys.stderr)
-        return 2
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from birq_fs2.evaluation import evaluate
+
+    out = args.out if args.out is not None else Path("birq-eval") / (args.split or args.data.name)
+    summary, num_problems = evaluate(
+        args.model, args.data, args.split, out, torch.device(args.device), progress=not args.quiet
+    )
     for p in summary["skipped"]:
         print(f"birq-evaluate: skipped {p['path']}: {p['problem']}", file=sys.stderr)
     print(

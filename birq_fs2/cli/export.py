@@ -23,6 +23,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from birq_fs2.cli import run_command
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="birq-export", description=__doc__.split("\n")[0])
@@ -43,27 +45,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.format == "fairseq2" and not args.name:
         parser.error("--name is required with --format fairseq2")
-    if args.format == "hf":
-        try:
-            from birq_fs2.hf_export import export_hf
+    return run_command("birq-export", args, lambda: _export(args))
 
-            out = export_hf(args.run_dir, args.out_dir, step=args.step)
-        except Exception as ex:  # noqa: BLE001
-            if args.debug:
-                raise
-            print(f"birq-export: error: {ex}", file=sys.stderr)
-            return 2
+
+def _export(args: argparse.Namespace) -> int:
+    if args.format == "hf":
+        from birq_fs2.hf_export import export_hf
+
+        out = export_hf(args.run_dir, args.out_dir, step=args.step)
         print(f"{out} (transformers: Wav2Vec2BertModel.from_pretrained({str(out)!r}))")
         return 0
-    try:
-        from birq_fs2.export import export_checkpoint
+    from birq_fs2.export import export_checkpoint
 
-        card = export_checkpoint(args.run_dir, args.out_dir, args.name, step=args.step)
-    except Exception as ex:  # noqa: BLE001
-        if args.debug:
-            raise
-        print(f"birq-export: error: {ex}", file=sys.stderr)
-        return 2
+    card = export_checkpoint(args.run_dir, args.out_dir, args.name, step=args.step)
     print(
         f"{card} (--model {args.out_dir}, or FAIRSEQ2_USER_ASSET_DIR={args.out_dir} ... load_model({args.name!r}))"
     )

@@ -22,6 +22,7 @@ from pathlib import Path
 from fairseq2.nn import BatchLayout
 from torch import Tensor
 
+from birq_fs2.cli import run_command
 from birq_fs2.data.alignments import alignment_files_next_to, frame_phones, load_alignments
 from birq_fs2.data.audio import AudioError, AudioLoader, FbankExtractor, utterance_seed
 from birq_fs2.data.corpus import CorpusError, load_split
@@ -155,17 +156,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-utterances", type=int, default=200)
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
-    try:
+
+    def labels() -> int:
         result = analyse(
             args.model, args.data, args.split, max_utterances=args.max_utterances, out_dir=args.out
         )
-    except Exception as ex:  # noqa: BLE001 - one line for users; --debug for the traceback
-        if args.debug:
-            raise
-        print(f"birq-labels: error: {ex}", file=sys.stderr)
-        return 2
-    print(markdown(result), end="")
-    return 0
+        print(markdown(result), end="")
+        return 0
+
+    return run_command("birq-labels", args, labels)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from birq_fs2.cli import run_command
 from birq_fs2.experiments.plots import plot_curves
 from birq_fs2.experiments.runs import read_metrics
 from birq_fs2.metrics import display
@@ -40,13 +41,14 @@ def write_report(run_dir: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="birq-report", description=__doc__.split("\n")[0])
     parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
-    try:
+
+    def report() -> int:
         print(write_report(args.run_dir))
-    except Exception as ex:  # noqa: BLE001
-        print(f"report: error: {ex}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    return run_command("birq-report", args, report)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from birq_fs2.cli import run_command
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="birq-transcribe", description=__doc__.split("\n")[0])
@@ -27,24 +29,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        from birq_fs2.inference import Transcriber
+    return run_command("birq-transcribe", args, lambda: _transcribe(args))
 
-        transcriber = Transcriber(args.model, device=torch.device(args.device))
-        failed = 0
-        for t in transcriber.transcribe(args.files):
-            if t.error is not None:
-                failed += 1
-                print(f"birq-transcribe: error: {t.error}", file=sys.stderr)
-            elif len(args.files) == 1:
-                print(t.text, flush=True)
-            else:
-                print(f"{t.path}\t{t.text}", flush=True)
-    except Exception as ex:  # noqa: BLE001 - one line for users; --debug for the traceback
-        if args.debug:
-            raise
-        print(f"birq-transcribe: error: {ex}", file=sys.stderr)
-        return 2
+
+def _transcribe(args: argparse.Namespace) -> int:
+    from birq_fs2.inference import Transcriber
+
+    transcriber = Transcriber(args.model, device=torch.device(args.device))
+    failed = 0
+    for t in transcriber.transcribe(args.files):
+        if t.error is not None:
+            failed += 1
+            print(f"birq-transcribe: error: {t.error}", file=sys.stderr)
+        elif len(args.files) == 1:
+            print(t.text, flush=True)
+        else:
+            print(f"{t.path}\t{t.text}", flush=True)
     return 1 if failed else 0
 
 
