@@ -67,14 +67,15 @@ def test_enhanced_off_is_exactly_bestrq():
     torch.testing.assert_close(full.loss, full.enhanced_loss + 0.5 * ref.loss)
 
 
-def _enhanced_grads(label_grad):
-    model = build(label_grad=label_grad, label_layer=2)
+def _enhanced_grads(label_grad, with_output=False, **overrides):
+    model = build(label_grad=label_grad, label_layer=2, **overrides)
     model.eval()  # no dropout: both runs see identical activations
     x, layout = batch(2)
     torch.manual_seed(7)
     out = model(x, layout, BirqStep(tau=0.7, seed=11))
     out.enhanced_loss.backward()
-    return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    return (grads, out) if with_output else grads
 
 
 def test_label_grad_straight_through_reaches_label_layers_only_through_the_labels():
@@ -88,6 +89,22 @@ def test_label_grad_straight_through_reaches_label_layers_only_through_the_label
         names = [n for n in st if n.startswith(f"encoder.layers.{layer}.")]
         diff = max((st[n] - stop[n]).abs().max().item() for n in names)
         assert diff > 1e-6, layer
+
+
+def test_label_grad_scale_scales_the_label_path_only():
+    full, out_full = _enhanced_grads("straight_through", with_output=True)
+    none = _enhanced_grads("detach")
+    tenth, out_tenth = _enhanced_grads("straight_through", with_output=True, label_grad_scale=0.1)
+    # The same labels and losses: only the gradient along the label path changes.
+    assert torch.equal(out_tenth.enhanced_labels, out_full.enhanced_labels)
+    assert torch.equal(out_tenth.loss, out_full.loss)
+    for name in full:
+        # grad = prediction path + scale * label path, the prediction path being "detach"'s.
+        expected = none[name] + 0.1 * (full[name] - none[name])
+        torch.testing.assert_close(tenth[name], expected, atol=1e-6, rtol=1e-4)
+    assert any(
+        not torch.allclose(tenth[n], full[n]) for n in full if n.startswith("encoder.layers.0.")
+    )
 
 
 def test_label_input_masked_reuses_the_masked_forward():
@@ -187,6 +204,11 @@ def test_masker_rate_padding_and_short_utterances():
         (lambda c: setattr(c.enhanced, "label_grad", "straight"), "enhanced.label_grad"),
         (lambda c: setattr(c.enhanced, "label_grad", "stop"), "write `label_grad: detach`"),
         (lambda c: setattr(c.enhanced, "logit_scale", 0.0), "enhanced.logit_scale"),
+        (lambda c: setattr(c.enhanced, "label_grad_scale", 1.5), "enhanced.label_grad_scale"),
+        (
+            lambda c: setattr(c.enhanced, "label_grad_scale", 0.5),
+            "set label_grad: straight_through",
+        ),
         (lambda c: setattr(c.enhanced, "label_norm", "batch"), "enhanced.label_norm"),
         (lambda c: setattr(c.enhanced, "diversity_weight", 0.1), "enhanced.diversity_weight"),
         (lambda c: setattr(c.masking, "start_prob", 1.5), "masking.start_prob"),

@@ -72,6 +72,11 @@ class EnhancedConfig(QuantizerConfig):
     "straight_through" the enhanced labels collapse within tens of steps after refine
     start (noise-free: one code, PNMI 0 on the dev speakers); with "detach" they stay
     alive. "st" and "stop", this field's first spellings, are refused with a hint."""
+    label_grad_scale: float = 1.0
+    """With label_grad "straight_through": the gradient along the label path (into the
+    label generator through the labels) is multiplied by this, in [0, 1]; the labels'
+    values, the prediction path and the anchor loss are unchanged. 1 is BiRQ's
+    end-to-end gradient; 0 computes what "detach" computes, at straight_through's cost."""
     label_norm: Literal["layer", "instance"] = "instance"
     """How the label layer's output is normalised before the random projection: "layer"
     (per frame, over channels, parameter-free LayerNorm) or "instance" (per utterance
@@ -176,6 +181,15 @@ class BirqConfig:
             result.add_error(
                 "`enhanced.diversity_weight` > 0 has no effect with `enhanced.label_grad: detach`; "
                 "set label_grad: straight_through as well, or diversity_weight: 0."
+            )
+        if not 0.0 <= self.enhanced.label_grad_scale <= 1.0:
+            result.add_error(
+                f"`enhanced.label_grad_scale` must be in [0, 1], got {self.enhanced.label_grad_scale}."
+            )
+        elif self.enhanced.label_grad_scale != 1.0 and self.enhanced.label_grad == "detach":
+            result.add_error(
+                "`enhanced.label_grad_scale` scales the straight-through label gradient, which "
+                "`label_grad: detach` cuts off: set label_grad: straight_through as well."
             )
         if self.enhanced.logit_scale <= 0:
             result.add_error(

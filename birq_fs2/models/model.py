@@ -276,6 +276,11 @@ class BirqModel(Module):
             label_input = self.normalize_label_input(label_hidden, layout)[mask]
             if cfg.label_grad == "detach":
                 label_input = label_input.detach()
+            elif cfg.label_grad_scale != 1.0:
+                # Exactly the same values (x - sg(x) is 0); the label path's gradient
+                # scaled (the paper's form is 1).
+                frozen = label_input.detach()
+                label_input = frozen + cfg.label_grad_scale * (label_input - frozen)
             enh_q = self.enhanced_quantizer
             enhanced_lp = self._log_probs(self.enhanced_head, hidden_masked, enh_q)
             with_probs = cfg.diversity_weight > 0
