@@ -109,7 +109,30 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
             f"{CONV}.causal=true",
         ],
     ),
+    # BiRQ's own mechanism (the gradient through the labels), at the paper's settings and
+    # with that gradient scaled down (enhanced.label_grad_scale).
+    "paper": ("the paper's settings (paper_tiny_cpu.yaml)", []),
+    "paper_scale0.1": (
+        "the paper's settings, label_grad_scale 0.1",
+        [f"{ENH}.label_grad_scale=0.1"],
+    ),
+    "st_scale0.1": (
+        "straight_through, label_grad_scale 0.1, instance norm",
+        [f"{ENH}.label_grad=straight_through", f"{ENH}.label_grad_scale=0.1",
+         f"{ENH}.label_norm=instance"],
+    ),  # fmt: skip
+    "st_scale0.01": (
+        "straight_through, label_grad_scale 0.01, instance norm",
+        [f"{ENH}.label_grad=straight_through", f"{ENH}.label_grad_scale=0.01",
+         f"{ENH}.label_norm=instance"],
+    ),  # fmt: skip
+    "depth75": (
+        "detach + instance, label_layer 3 of 4 (75 %)",
+        [f"{ENH}.label_grad=detach", f"{ENH}.label_norm=instance", f"{ENH}.label_layer=3"],
+    ),
 }
+PRESETS = {"paper": "paper_tiny_cpu.yaml", "paper_scale0.1": "paper_tiny_cpu.yaml"}
+"""Variants that start from another preset than tiny_cpu.yaml."""
 
 
 def ensure_corpus(work: Path, budget: Budget) -> Path:
@@ -137,7 +160,7 @@ def pretrain(work: Path, corpus: Path, run: Path, variant: str, seed: int, budge
         f"regime.checkpoint_every_n_steps={budget.validate_every}",
         f"lr_scheduler.config.num_warmup_steps={max(1, budget.steps // 10)}",
         "regime.publish_metrics_every_n_steps=" + str(max(1, budget.validate_every // 5)),
-        *overrides,
+        *overrides, preset=PRESETS.get(variant),
     )  # fmt: skip
     log = work / "logs" / f"pretrain-{run.name}.log"
     return run_command(cmd, log, f"pretraining {run.name}", tag="label_quality")

@@ -401,3 +401,35 @@ def test_a_non_finite_loss_stops_training_with_the_step_number():
         FloatingPointError, match=r"Non-finite loss at step 3 .*utterances \['a', 'b'\]"
     ):
         unit.process_batch(SequenceBatch(x, None, example={"ids": ["a", "b"]}), bag)
+
+
+def test_paper_preset_is_tiny_cpu_with_the_papers_settings(tmp_path, corpus):
+    """paper_tiny_cpu.yaml differs from tiny_cpu.yaml only where the paper publishes a
+    value, and it runs: w1 0.1 and w2 2.4 from step 1, tau 0.5, labels from block 3 of 4
+    with the gradient through them."""
+    configs = PRETRAIN_PRESET.parent
+    tiny, paper = (
+        yaml.safe_load((configs / f).read_text()) for f in ("tiny_cpu.yaml", "paper_tiny_cpu.yaml")
+    )
+    assert paper.pop("schedule") == {
+        **tiny.pop("schedule"), "refine_start_step": 0, "enhanced_weight": 0.1, "gamma": 2.4,
+        "tau_max": 0.5, "tau_min": 0.5,
+    }  # fmt: skip
+    assert paper.pop("model") == {**tiny.pop("model"), "arch": "paper_tiny"} and paper == tiny
+    from birq_fs2.models.config import ARCHS
+
+    config = ARCHS["paper_tiny"]()
+    assert (config.enhanced.label_grad, config.label_layer) == ("straight_through", 3)
+    assert not config.validate().errors
+    cmd = pretrain_cmd(
+        tmp_path / "run", corpus, "regime.num_steps=2", "regime.checkpoint_every_n_steps=2",
+        "regime.validate_every_n_steps=2", "regime.publish_metrics_every_n_steps=1",
+        "lr_scheduler.config.num_warmup_steps=1", "dataset.pipeline.max_frames=400",
+        "dataset.pipeline.max_frames_per_batch=3200",
+    )  # fmt: skip
+    cmd[cmd.index("--config-file") + 1] = str(configs / "paper_tiny_cpu.yaml")
+    proc = run(cmd)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    first = metrics(tmp_path / "run")[1]
+    assert first[display("enhanced_weight")] == pytest.approx(0.1)
+    assert first[display("gamma")] == pytest.approx(2.4) and first[display("tau")] == 0.5

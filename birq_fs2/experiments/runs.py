@@ -45,12 +45,16 @@ def recipe_env() -> dict[str, str]:
     return {**os.environ, "FAIRSEQ2_NO_PROGRESS": "1"}
 
 
-def recipe_command(recipe: Recipe, out_dir: Path, corpus: Path, *overrides: str) -> list[str]:
-    """The argv of one run of `recipe` into `out_dir` on `corpus`: the tiny CPU preset,
-    then `overrides` (``key=value`` config overrides, in order)."""
+def recipe_command(
+    recipe: Recipe, out_dir: Path, corpus: Path, *overrides: str, preset: str | None = None
+) -> list[str]:
+    """The argv of one run of `recipe` into `out_dir` on `corpus`: the tiny CPU preset
+    (or `preset`, a file name among the recipe's configs/), then `overrides` (``key=value``
+    config overrides, in order)."""
+    config_file = PRESETS[recipe] if preset is None else PRESETS[recipe].parent / preset
     return [
         sys.executable, "-m", f"birq_fs2.recipes.{recipe}", str(out_dir),
-        "--config-file", str(PRESETS[recipe]),
+        "--config-file", str(config_file),
         "--config", f"dataset.config_overrides.path={corpus}", *overrides,
     ]  # fmt: skip
 

@@ -56,9 +56,14 @@ class BirqScheduleSection:
     """The last step of the pure BEST-RQ warm-up: the enhanced loss is active from the
     step after (0: from step 1). None: a tenth of regime.num_steps (rounded down), which
     moves with num_steps: set a step count before extending a run whose warm-up is over."""
+    enhanced_weight: float = 1.0
+    """w, the weight of the enhanced loss once active: L = w * L_enh + gamma * L_anc
+    (the paper's w1 = 0.1 with gamma = w2 = 2.4). Under AdamW only the ratio gamma / w
+    matters much (Adam divides each parameter's step by its gradient's scale; gradient
+    clipping and eps see the absolute values)."""
     enhanced_warmup_steps: int = 0
-    """The weight w of the enhanced loss ramps linearly from 0 to 1 over this many steps
-    after refine start (0: w = 1 at once): L = w * L_enh + gamma * L_anc."""
+    """The weight of the enhanced loss ramps linearly from 0 to `enhanced_weight` over
+    this many steps after refine start (0: at once)."""
     gamma: float = 1.0
     """Penalty weight of the anchoring loss: L = w * L_enh + gamma * L_anc."""
     gamma_final: float | None = None
@@ -95,6 +100,8 @@ class BirqScheduleSection:
             result.add_error(f"`schedule.tau_decay` must be in (0, 1], got {self.tau_decay}.")
         if self.gamma < 0:
             result.add_error(f"`schedule.gamma` must be >= 0, got {self.gamma}.")
+        if self.enhanced_weight < 0:
+            result.add_error(f"`schedule.enhanced_weight` must be >= 0, got {self.enhanced_weight}.")
         if self.enhanced_warmup_steps < 0:
             result.add_error(
                 f"`schedule.enhanced_warmup_steps` must be >= 0, got {self.enhanced_warmup_steps}."

@@ -141,7 +141,8 @@ class StepSchedule:
             gamma = s.gamma + frac * (s.gamma_final - s.gamma)
         tau = max(s.tau_min, s.tau_max * s.tau_decay ** max(0, since))
         warmup = s.enhanced_warmup_steps
-        weight = min(1.0, max(0, since) / warmup) if warmup > 0 else 1.0
+        ramp = min(1.0, max(0, since) / warmup) if warmup > 0 else 1.0
+        weight = s.enhanced_weight * ramp
         return BirqStep(enhanced_active=since > 0, enhanced_weight=weight, gamma=gamma, tau=tau)
 
     def noise_seed(self, stream: str, step_nr: int, batch_nr: int) -> int:
