@@ -1,8 +1,8 @@
 """Configuration and named architectures of the ``birq`` model family.
 
 One family for BiRQ and BEST-RQ: with ``enhanced.enabled = False`` the model computes
-exactly BEST-RQ. Defaults follow the project's design note (BIRQ.md); every choice the
-paper's abstract leaves open is a knob here.
+exactly BEST-RQ. Every choice the paper leaves open is a knob here; docs/DESIGN.md gives
+each knob's formula, the reason for its default and where we depart from the paper.
 """
 
 from __future__ import annotations
