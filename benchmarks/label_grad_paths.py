@@ -196,6 +196,26 @@ def _adam_share(optimizer, params, part, whole) -> float:
     return math.sqrt(num / max(den, 1e-30))
 
 
+def _summary_row(r: dict) -> str:
+    import statistics
+
+    rows = r["rows"]
+    floor = 0.05 * rows[0]["noise_free_perplexity"]  # the recipe's collapse_ratio
+    collapsed = next((row["step"] for row in rows if row["noise_free_perplexity"] < floor), None)
+    later = [row for row in rows if row["step"] > 1]
+    share = statistics.median(row["adam_label_share"] for row in later) if later else float("nan")
+    ratio = (
+        statistics.median(row["labels"] / max(row["anchor"], 1e-12) for row in later)
+        if later
+        else float("nan")
+    )
+    return (
+        f"| {r['variant']}: {r['title']} | {r['gamma']:g} | {collapsed if collapsed else 'no'} "
+        f"| {rows[-1]['noise_free_codes']:.0f}, {rows[-1]['noise_free_perplexity']:.1f} "
+        f"| {share:.2f} | {ratio:.2f} |"
+    )
+
+
 def write_report(results: list[dict], out: Path, command: str) -> None:
     import matplotlib
 
@@ -214,6 +234,12 @@ def write_report(results: list[dict], out: Path, command: str) -> None:
         "the label path alone makes, relative to the whole update, after AdamW's "
         "per-parameter normalisation. Noise-free codes: distinct enhanced labels of the "
         "batch's frames (of 512).", "",
+        "| variant | gamma | collapsed at step (noise-free perplexity < 5 % of step 1's) | codes, perplexity at the end | median Adam share of the label path | median labels / anchor norm |",
+        "|---|---|---|---|---|---|",
+        *[_summary_row(r) for r in results],
+        "",
+        "Every measured step:",
+        "",
         "| variant | step | anchor | prediction | labels | cos(labels, anchor) | Adam share | noise-free codes | perplexity | L_enh (bits) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
