@@ -118,13 +118,19 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     ),
     "st_scale0.1": (
         "straight_through, label_grad_scale 0.1, instance norm",
-        [f"{ENH}.label_grad=straight_through", f"{ENH}.label_grad_scale=0.1",
-         f"{ENH}.label_norm=instance"],
+        [
+            f"{ENH}.label_grad=straight_through",
+            f"{ENH}.label_grad_scale=0.1",
+            f"{ENH}.label_norm=instance",
+        ],
     ),  # fmt: skip
     "st_scale0.01": (
         "straight_through, label_grad_scale 0.01, instance norm",
-        [f"{ENH}.label_grad=straight_through", f"{ENH}.label_grad_scale=0.01",
-         f"{ENH}.label_norm=instance"],
+        [
+            f"{ENH}.label_grad=straight_through",
+            f"{ENH}.label_grad_scale=0.01",
+            f"{ENH}.label_norm=instance",
+        ],
     ),  # fmt: skip
     "depth75": (
         "detach + instance, label_layer 3 of 4 (75 %)",
@@ -192,6 +198,7 @@ def summarize(run: Path, variant: str, seed: int, layers: dict | None) -> dict:
         return last.get(display(key, table))
 
     anchor_ppl, enhanced_ppl = final("anchor_perplexity"), final("enhanced_perplexity")
+    noise_free_ppl = final("enhanced_noise_free_perplexity", q)
     return {
         "variant": variant,
         "seed": seed,
@@ -203,6 +210,10 @@ def summarize(run: Path, variant: str, seed: int, layers: dict | None) -> dict:
         "anchor_perplexity": anchor_ppl,
         "enhanced_perplexity": enhanced_ppl,
         "perplexity_ratio": (enhanced_ppl / anchor_ppl) if anchor_ppl and enhanced_ppl else None,
+        "enhanced_noise_free_perplexity": noise_free_ppl,
+        "noise_free_ratio": (noise_free_ppl / anchor_ppl)
+        if anchor_ppl and noise_free_ppl
+        else None,
         "anchor_loss": final("anchor_loss"),
         "enhanced_loss": final("enhanced_loss"),
         "curves": {
@@ -242,7 +253,7 @@ def write_report(
         "# Enhanced-label quality: the collapse-cure sweep",
         "",
         f"Budget `{budget_name}`: BiRQ tiny, {budget.steps} pretraining steps (refine start at "
-        f"10 %), one synthetic corpus of {budget.hours} h (espeak-ng voices, {budget.speakers} "
+        f"10 %; the paper variants: from step 1, their preset's schedule), one synthetic corpus of {budget.hours} h (espeak-ng voices, {budget.speakers} "
         "speakers), validation on the held-out dev speakers every "
         f"{budget.validate_every} steps. Same data, steps and seed for every variant.",
         "",
@@ -252,8 +263,8 @@ def write_report(
         "of the labels of the masked frames in training (exp of the code entropy, of 512); "
         "ratio = enhanced / anchor (collapse below 0.05).",
         "",
-        "| variant | seed | step | enhanced PNMI | anchor PNMI | enhanced phone purity | enhanced ppl | anchor ppl | ratio | best layer (PNMI) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| variant | seed | step | enhanced PNMI | anchor PNMI | label layer: PNMI above chance | enhanced phone purity | enhanced ppl | noise-free ppl | anchor ppl | ratio | best layer (PNMI) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         best = "-"
@@ -263,8 +274,10 @@ def write_report(
             best = f"{name.split('_')[1]} ({q['pnmi']:.3f})"
         lines.append(
             f"| {VARIANTS[r['variant']][0]} | {r['seed']} | {r['step']} | {_fmt(r['enhanced_pnmi'])} "
-            f"| {_fmt(r['anchor_pnmi'])} | {_fmt(r['enhanced_phone_purity'])} "
-            f"| {_fmt(r['enhanced_perplexity'], '.1f')} | {_fmt(r['anchor_perplexity'], '.1f')} "
+            f"| {_fmt(r['anchor_pnmi'])} | {_above_chance(r)} | {_fmt(r['enhanced_phone_purity'])} "
+            f"| {_fmt(r['enhanced_perplexity'], '.1f')} "
+            f"| {_fmt(r.get('enhanced_noise_free_perplexity'), '.1f')} "
+            f"| {_fmt(r['anchor_perplexity'], '.1f')} "
             f"| {_fmt(r['perplexity_ratio'], '.2f')} | {best} |"
         )
     lines += ["", *_reading(rows), ""]
@@ -292,6 +305,16 @@ def write_report(
     (out / "REPORT.md").write_text("\n".join(lines))
 
 
+def _above_chance(r: dict) -> str:
+    """PNMI minus the chance PNMI of the same labels shuffled (birq-labels' estimate of
+    the plug-in bias) at the run's label layer: the number to compare runs by."""
+    layer = r["label_layer"]
+    if not r["layers"] or layer is None:
+        return "-"
+    q = r["layers"][f"layer_{layer}"]
+    return f"{q['pnmi'] - q['chance_pnmi']:.3f} (block {layer})"
+
+
 def _layers(rows: list[dict]) -> list[int]:
     for r in rows:
         if r["layers"]:
@@ -302,6 +325,16 @@ def _layers(rows: list[dict]) -> list[int]:
 COLLAPSE_RATIO = 0.05
 
 
+def _collapsed(r: dict) -> bool:
+    """Either reading of the collapse guard below COLLAPSE_RATIO of the anchor's: the
+    training labels' sampled perplexity, or the noise-free labels' at the last validation
+    (runs before that metric existed have only the first)."""
+    ratios = [r["perplexity_ratio"], r.get("noise_free_ratio")]
+    return any((x if x is not None else 1.0) < COLLAPSE_RATIO for x in ratios) or (
+        r["perplexity_ratio"] is None
+    )
+
+
 def select_default(rows: list[dict]) -> dict | None:
     """The issue's rule: among the BiRQ variants whose enhanced perplexity stays at least
     COLLAPSE_RATIO of the anchor's, the one whose enhanced labels end with the highest
@@ -310,10 +343,7 @@ def select_default(rows: list[dict]) -> dict | None:
     for r in rows:
         if r["enhanced_pnmi"] is not None:
             by_variant.setdefault(r["variant"], []).append(r)
-    healthy = {
-        v: rs for v, rs in by_variant.items()
-        if all((r["perplexity_ratio"] or 0) >= COLLAPSE_RATIO for r in rs)
-    }  # fmt: skip
+    healthy = {v: rs for v, rs in by_variant.items() if not any(_collapsed(r) for r in rs)}
     if not healthy:
         return None
     mean = {v: sum(r["enhanced_pnmi"] for r in rs) / len(rs) for v, rs in healthy.items()}
@@ -325,12 +355,13 @@ def _reading(rows: list[dict]) -> list[str]:
     birq = [r for r in rows if r["enhanced_pnmi"] is not None]
     if not birq:
         return []
-    collapsed = [r for r in birq if (r["perplexity_ratio"] or 0) < COLLAPSE_RATIO]
+    collapsed = [r for r in birq if _collapsed(r)]
     anchor = max((r["anchor_pnmi"] or 0) for r in rows)
     best = select_default(rows)
     text = (
         f"**Reading.** {len(collapsed)} of {len(birq)} BiRQ runs collapsed (enhanced code "
-        f"perplexity below {COLLAPSE_RATIO} of the anchor's at the end). "
+        f"perplexity, sampled in training or noise-free at the last validation, below "
+        f"{COLLAPSE_RATIO} of the anchor's at the end). "
     )
     if best is None:
         text += "No variant kept its enhanced labels alive: the defaults stay as they were."
