@@ -116,6 +116,10 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         "the paper's settings, label_grad_scale 0.1",
         [f"{ENH}.label_grad_scale=0.1"],
     ),
+    "paper_scale0.01": (
+        "the paper's settings, label_grad_scale 0.01",
+        [f"{ENH}.label_grad_scale=0.01"],
+    ),
     "st_scale0.1": (
         "straight_through, label_grad_scale 0.1, instance norm",
         [
@@ -137,7 +141,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         [f"{ENH}.label_grad=detach", f"{ENH}.label_norm=instance", f"{ENH}.label_layer=3"],
     ),
 }
-PRESETS = {"paper": "paper_tiny_cpu.yaml", "paper_scale0.1": "paper_tiny_cpu.yaml"}
+PRESETS = {v: "paper_tiny_cpu.yaml" for v in ("paper", "paper_scale0.1", "paper_scale0.01")}
 """Variants that start from another preset than tiny_cpu.yaml."""
 
 
