@@ -284,7 +284,7 @@ def write_report(
             f"| {_fmt(r['anchor_perplexity'], '.1f')} "
             f"| {_fmt(r['perplexity_ratio'], '.2f')} | {best} |"
         )
-    lines += ["", *_reading(rows), ""]
+    lines += ["", *_over_seeds(rows), "", *_reading(rows), ""]
     lines += ["## Every layer of the final encoders (birq-labels, dev)", "",
               "PNMI of the RPQ labels of each conformer block's output (chance level in "
               "parentheses); `anchor` is the input's.", "",
@@ -307,6 +307,38 @@ def write_report(
               "Wall-clock seconds per run (2 cores): "
               + ", ".join(f"{k} {v:.0f}" for k, v in sorted(walls.items())), ""]  # fmt: skip
     (out / "REPORT.md").write_text("\n".join(lines))
+
+
+def _over_seeds(rows: list[dict]) -> list[str]:
+    """The headline: per variant, mean and sd over its seeds of PNMI above chance at the
+    label layer (and of the recipe's enhanced PNMI), and how many runs collapsed."""
+    import statistics
+
+    by_variant: dict[str, list[dict]] = {}
+    for r in rows:
+        if r["enhanced_pnmi"] is not None:
+            by_variant.setdefault(r["variant"], []).append(r)
+
+    def pm(values: list[float]) -> str:
+        if not values:
+            return "-"
+        sd = f" +- {statistics.stdev(values):.3f}" if len(values) > 1 else ""
+        return f"{statistics.mean(values):.3f}{sd}"
+
+    lines = ["Over seeds (mean +- sd):", "",
+             "| variant | seeds | label layer: PNMI above chance | enhanced PNMI | collapsed runs |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for variant, rs in by_variant.items():
+        above = [
+            r["layers"][f"layer_{r['label_layer']}"]["pnmi"]
+            - r["layers"][f"layer_{r['label_layer']}"]["chance_pnmi"]
+            for r in rs if r["layers"] and r["label_layer"]
+        ]  # fmt: skip
+        lines.append(
+            f"| {variant} | {len(rs)} | {pm(above)} | {pm([r['enhanced_pnmi'] for r in rs])} "
+            f"| {sum(_collapsed(r) for r in rs)} |"
+        )
+    return lines
 
 
 def _above_chance(r: dict) -> str:
