@@ -93,3 +93,26 @@ def test_label_quality_sweep_runs_its_quick_budget_and_resumes(tmp_path):
     # A second call trains nothing: every run is finished.
     again = run(cmd, timeout=300)
     assert again.returncode == 0 and "pretraining" not in again.stderr
+
+
+def test_label_grad_paths_split_the_gradient_by_path(tmp_path, aligned_corpus):
+    """benchmarks/label_grad_paths.py: the label path carries gradient with
+    straight_through, none when detached; the two forwards of a step see the same labels
+    (the script asserts it) and a second call reuses the finished variants."""
+    import sys
+
+    from helpers import ROOT
+
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "label_grad_paths.py"), "--corpus", str(aligned_corpus),
+           "--steps", "2", "--every", "1", "--variants", "ratio1,detach_instance", "--out", str(tmp_path)]  # fmt: skip
+    proc = run(cmd, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    results = {r["variant"]: r for r in json.loads((tmp_path / "paths.json").read_text())}
+    through, detached = results["ratio1"]["rows"], results["detach_instance"]["rows"]
+    assert [r["step"] for r in through] == [1, 2]
+    assert all(r["labels"] > 0 and r["anchor"] > 0 and r["prediction"] > 0 for r in through)
+    assert all(r["labels"] == 0 for r in detached)
+    assert through[1]["adam_label_share"] > 0 and detached[1]["adam_label_share"] == 0
+    assert "| ratio1: straight-through" in (tmp_path / "REPORT.md").read_text()
+    again = run(cmd, timeout=300)
+    assert again.returncode == 0 and "step 1" not in again.stderr  # nothing recomputed
