@@ -159,3 +159,21 @@ def test_quick_plan_runs_end_to_end_and_resumes(tmp_path):
     assert "## Making pretraining pay" in report and "(`bestrq_freeze`) | `scratch`" in report
     assert "--arms bestrq_freeze,scratch_lr5e-4" in report and "## Error types" in report
     assert f"`bestrq_cost_long` pretrains BEST-RQ for {max(12, round(12 * ratio))} steps" in report
+
+
+def test_paper_arm_overrides_are_the_paper_preset():
+    """evidence_plan.PAPER_OVERRIDES applied to tiny_cpu.yaml give paper_tiny_cpu.yaml."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from evidence_plan import ARMS, PAPER_OVERRIDES
+
+    configs = ROOT / "birq_fs2" / "recipes" / "pretrain" / "configs"
+    config = yaml.safe_load((configs / "tiny_cpu.yaml").read_text())
+    for override in PAPER_OVERRIDES:
+        key, value = override.split("=")
+        *parents, leaf = key.split(".")
+        node = config
+        for name in parents:
+            node = node[name]
+        node[leaf] = yaml.safe_load(value)
+    assert config == yaml.safe_load((configs / "paper_tiny_cpu.yaml").read_text())
+    assert ARMS["birq_long_paper"].pretrain[: len(PAPER_OVERRIDES)] == PAPER_OVERRIDES
