@@ -35,6 +35,7 @@ from birq_fs2.experiments.runs import (  # noqa: E402
     recipe_command,
     run_command,
 )
+from birq_fs2.experiments.stats import mean_std  # noqa: E402
 from birq_fs2.metrics import LABEL_QUALITY_METRICS, PRETRAIN_METRICS, display  # noqa: E402
 
 
@@ -312,8 +313,6 @@ def write_report(
 def _over_seeds(rows: list[dict]) -> list[str]:
     """The headline: per variant, mean and sd over its seeds of PNMI above chance at the
     label layer (and of the recipe's enhanced PNMI), and how many runs collapsed."""
-    import statistics
-
     by_variant: dict[str, list[dict]] = {}
     for r in rows:
         if r["enhanced_pnmi"] is not None:
@@ -322,18 +321,14 @@ def _over_seeds(rows: list[dict]) -> list[str]:
     def pm(values: list[float]) -> str:
         if not values:
             return "-"
-        sd = f" +- {statistics.stdev(values):.3f}" if len(values) > 1 else ""
-        return f"{statistics.mean(values):.3f}{sd}"
+        mean, sd = mean_std(values)
+        return f"{mean:.3f}" + (f" +- {sd:.3f}" if sd is not None else "")
 
     lines = ["Over seeds (mean +- sd):", "",
              "| variant | seeds | label layer: PNMI above chance | enhanced PNMI | collapsed runs |",
              "|---|---|---|---|---|"]  # fmt: skip
     for variant, rs in by_variant.items():
-        above = [
-            r["layers"][f"layer_{r['label_layer']}"]["pnmi"]
-            - r["layers"][f"layer_{r['label_layer']}"]["chance_pnmi"]
-            for r in rs if r["layers"] and r["label_layer"]
-        ]  # fmt: skip
+        above = [x for x in map(_label_layer_above_chance, rs) if x is not None]
         lines.append(
             f"| {variant} | {len(rs)} | {pm(above)} | {pm([r['enhanced_pnmi'] for r in rs])} "
             f"| {sum(_collapsed(r) for r in rs)} |"
@@ -341,14 +336,19 @@ def _over_seeds(rows: list[dict]) -> list[str]:
     return lines
 
 
-def _above_chance(r: dict) -> str:
+def _label_layer_above_chance(r: dict) -> float | None:
     """PNMI minus the chance PNMI of the same labels shuffled (birq-labels' estimate of
-    the plug-in bias) at the run's label layer: the number to compare runs by."""
-    layer = r["label_layer"]
-    if not r["layers"] or layer is None:
-        return "-"
-    q = r["layers"][f"layer_{layer}"]
-    return f"{q['pnmi'] - q['chance_pnmi']:.3f} (block {layer})"
+    the plug-in bias) at the run's label layer: the number to compare runs by (None for
+    BEST-RQ and runs without a layer analysis)."""
+    if not r["layers"] or r["label_layer"] is None:
+        return None
+    q = r["layers"][f"layer_{r['label_layer']}"]
+    return q["pnmi"] - q["chance_pnmi"]
+
+
+def _above_chance(r: dict) -> str:
+    above = _label_layer_above_chance(r)
+    return "-" if above is None else f"{above:.3f} (block {r['label_layer']})"
 
 
 def _layers(rows: list[dict]) -> list[int]:
@@ -365,9 +365,11 @@ def _collapsed(r: dict) -> bool:
     """Either reading of the collapse guard below COLLAPSE_RATIO of the anchor's: the
     training labels' sampled perplexity, or the noise-free labels' at the last validation
     (runs before that metric existed have only the first)."""
-    ratios = [r["perplexity_ratio"], r.get("noise_free_ratio")]
-    return any((x if x is not None else 1.0) < COLLAPSE_RATIO for x in ratios) or (
-        r["perplexity_ratio"] is None
+    if r["perplexity_ratio"] is None:  # no enhanced perplexity recorded at all
+        return True
+    noise_free = r.get("noise_free_ratio")
+    return r["perplexity_ratio"] < COLLAPSE_RATIO or (
+        noise_free is not None and noise_free < COLLAPSE_RATIO
     )
 
 

@@ -125,7 +125,7 @@ def codebook_usage(labels: Tensor, codebook_size: int) -> tuple[float, float]:
         counts = torch.bincount(labels[:, g], minlength=codebook_size).float()
         p = counts[counts > 0] / counts.sum()
         used.append(float((counts > 0).sum()))
-        ppl.append(float(torch.exp(-(p * p.log()).sum())))
+        ppl.append(float(torch.exp(entropy(p))))
     return sum(used) / len(used), sum(ppl) / len(ppl)
 
 

@@ -9,7 +9,7 @@ renames everywhere and cannot silently drop a curve.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -63,7 +63,7 @@ WER = Metric("wer", "Word Error Rate (WER)", builtin=True)
 LEARNING_RATE = Metric("lr", "Learning Rate", builtin=True)
 
 PRETRAIN_METRICS = _table(
-    Metric("loss", "Loss", builtin=True, kind="mean"),
+    replace(LOSS, kind="mean"),
     LEARNING_RATE,
     Metric("anchor_loss", "Anchor Loss", 101, kind="mean"),
     Metric("enhanced_loss", "Enhanced Loss", 102, kind="mean", enhanced=True),

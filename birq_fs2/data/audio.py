@@ -153,7 +153,6 @@ class FbankExtractor:
         if errors:
             raise ValueError(" ".join(errors))
         self.config = config
-        self.dither, self.normalize = config.dither, config.normalize
         self._converter = WaveformToFbankConverter(
             num_mel_bins=config.num_mel_bins,
             waveform_scale=2.0**15,
@@ -162,13 +161,13 @@ class FbankExtractor:
         )
 
     def __call__(self, waveform: torch.Tensor, noise_seed: int) -> torch.Tensor:
-        if self.dither > 0:
+        if self.config.dither > 0:
             gen = torch.Generator().manual_seed(noise_seed)
-            waveform = waveform + self.dither * torch.randn(waveform.shape, generator=gen)
+            waveform = waveform + self.config.dither * torch.randn(waveform.shape, generator=gen)
         fbank = self._converter({"waveform": waveform[:, None], "sample_rate": float(SAMPLE_RATE)})[
             "fbank"
         ]
-        if self.normalize == "utterance":
+        if self.config.normalize == "utterance":
             mean = fbank.mean(dim=0, keepdim=True)
             std = fbank.std(dim=0, keepdim=True, unbiased=False).clamp_min(1e-5)
             fbank = (fbank - mean) / std

@@ -14,7 +14,7 @@ fbank_stride = 4 of them into one 40 ms encoder frame, see birq_fs2.frames):
                h_k unless `label_grad: detach`, the default)              (L_enh)
     [diversity] L_div: wav2vec 2.0's codebook diversity of the enhanced quantizer
     loss = w * L_enh + gamma * L_anc + lambda * L_div  (before refine start: L_anc alone;
-           w ramps 0 -> 1; lambda = enhanced.diversity_weight, per masked frame)
+           w ramps 0 -> schedule.enhanced_weight; lambda = enhanced.diversity_weight, per masked frame)
 
 A stacked frame is an encoder frame, so "masked encoder frame" is exact: it is a frame
 whose fbank_stride input fbank frames were all replaced with noise.

@@ -170,12 +170,8 @@ class BirqCriterion:
     def __init__(
         self, dp_model: Module, model: BirqModel, schedule: StepSchedule, stream: str
     ) -> None:
-        self._dp_model, self._model, self._schedule, self._stream = (
-            dp_model,
-            model,
-            schedule,
-            stream,
-        )
+        self._dp_model, self._model = dp_model, model
+        self._schedule, self._stream = schedule, stream
         self.set_step_nr(1)
 
     def set_step_nr(self, step_nr: int) -> None:
