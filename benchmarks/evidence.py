@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -103,15 +104,17 @@ def _recipe(
     return run
 
 
-def pretrain(work: Path, data: Layout, arm: str, seed: int, steps: int, budget: Budget) -> Path:
-    every = min(budget.pretrain_validate_every, steps)
-    extra = [
+def pretrain_overrides(arm: str, steps: int) -> list[str]:
+    return [
         f"lr_scheduler.config.num_warmup_steps={max(1, steps // 10)}",
         *(ARMS[arm].pretrain or []),
     ]
-    return _recipe(
-        work, data, "pretrain", work / "pretrain" / f"{arm}-s{seed}", seed, steps, every, extra
-    )
+
+
+def pretrain(work: Path, data: Layout, arm: str, seed: int, steps: int, budget: Budget) -> Path:
+    every = min(budget.pretrain_validate_every, steps)
+    run = work / "pretrain" / f"{arm}-s{seed}"
+    return _recipe(work, data, "pretrain", run, seed, steps, every, pretrain_overrides(arm, steps))
 
 
 def finetune(
@@ -230,6 +233,38 @@ def measured_step_cost(
             }  # fmt: skip
         plan_file.write_text(json.dumps(plan, indent=2) + "\n")
     return plan["equal_cost"]
+
+
+FORM_COST_STEPS, FORM_COST_REPEATS = 100, 2
+
+
+def measured_form_cost(
+    work: Path, data: Layout, budget: Budget, seed: int, form: str, bestrq: str
+) -> dict:
+    """The step cost of another BiRQ form (arm `form`) over BEST-RQ's (arm `bestrq`), kept
+    in plan.json's equal_cost_of[form] on first use: short runs of both (FORM_COST_STEPS
+    steps, seed `seed`, under <work>/cost/) interleaved form, BEST-RQ, form, BEST-RQ, so that
+    whatever else loads the machine hits both alike; the median of fairseq2's Compute Time
+    per step of each (the method of benchmarks/train_throughput.py, on this plan's data)."""
+    plan_file = work / "plan.json"
+    plan = json.loads(plan_file.read_text()) if plan_file.exists() else {}
+    costs = plan.setdefault("equal_cost_of", {})
+    if form not in costs:
+        steps = min(FORM_COST_STEPS, round(budget.pretrain_steps * ARMS[form].pretrain_scale))
+        per_step: dict[str, list[float]] = {form: [], bestrq: []}
+        for repeat in range(FORM_COST_REPEATS):
+            for arm in (form, bestrq):
+                run = _recipe(work, data, "pretrain", work / "cost" / f"{arm}-r{repeat}", seed,
+                              steps, steps, pretrain_overrides(arm, steps))  # fmt: skip
+                per_step[arm].append(compute_per_step(run))
+        form_s, bestrq_s = (statistics.median(per_step[a]) for a in (form, bestrq))
+        costs[form] = {
+            "birq_s_per_step": round(form_s, 4), "bestrq_s_per_step": round(bestrq_s, 4),
+            "ratio": round(form_s / bestrq_s, 3), "arms": [form, bestrq],
+            "measured_on": f"interleaved {FORM_COST_REPEATS} x {steps}-step runs of each, seed {seed}, on this plan's data",
+        }  # fmt: skip
+        plan_file.write_text(json.dumps(plan, indent=2) + "\n")
+    return costs[form]
 
 
 # --- results ---------------------------------------------------------------------------
@@ -451,10 +486,15 @@ class Runner:
         """The pretraining run of arm `source` (trained or resumed here) and its layer
         analysis; an equal-cost arm first reads (or measures, on `cost_seed`) the ratio."""
         work, data, budget = self.work, self.data, self.budget
-        if ARMS[source].equal_cost:
+        spec = ARMS[source]
+        if spec.equal_cost and spec.cost_of:
+            self.meta.setdefault("equal_cost_of", {})[spec.cost_of[0]] = measured_form_cost(
+                work, data, budget, cost_seed, *spec.cost_of
+            )
+        elif spec.equal_cost:
             cost_file = None if self.step_cost == "measure" else Path(self.step_cost)
             self.meta["equal_cost"] = measured_step_cost(work, data, budget, cost_seed, cost_file)
-        steps = arm_pretrain_steps(source, budget, self.meta.get("equal_cost"))
+        steps = arm_pretrain_steps(source, budget, self.meta)
         run = work / "pretrain" / f"{source}-s{seed}"
         encoder = self.timed(f"pretrain-{source}-s{seed}", finished(run, steps), pretrain,
                              work, data, source, seed, steps, budget)  # fmt: skip

@@ -47,6 +47,10 @@ class Arm:
     """Pretraining overrides; None: no pretraining (the fine-tuning starts from scratch)."""
     equal_cost: bool = False
     """Pretrained for the steps that BiRQ's measured step cost buys, not the budget's."""
+    cost_of: tuple[str, str] | None = None
+    """Equal-compute arms of another BiRQ form: (that form's arm, the BEST-RQ arm of the same
+    steps); the ratio of their step costs in this plan's cost-seed runs sets the steps.
+    None: BiRQ's defaults, at the side-by-side ratio (benchmarks/train_throughput.py)."""
     finetune: tuple[str, ...] = ()
     """Fine-tuning overrides (probes of the fine-tuning recipe; empty for the comparison)."""
     encoder_of: str | None = None
@@ -116,6 +120,13 @@ ARMS: dict[str, Arm] = {
         [*PAPER_OVERRIDES, f"{ENH}.label_grad_scale=0.01"],
         pretrain_scale=3.0,
     ),
+    "bestrq_cost_paper": Arm(
+        "BEST-RQ, equal compute to `birq_long_paper`",
+        ["model.arch=bestrq_tiny"],
+        equal_cost=True,
+        cost_of=("birq_long_paper", "bestrq_long"),
+        pretrain_scale=3.0,
+    ),
     "birq_masked": Arm("BiRQ, label_input: masked", [f"{ENH}.label_input=masked"]),
     # Named when label_grad's values were spelled st / stop (committed results use the names).
     "birq_st": Arm("BiRQ, label_grad: straight_through", [f"{ENH}.label_grad=straight_through"]),
@@ -146,6 +157,7 @@ ARM_GROUPS = {
     "comparison": "scratch,bestrq,birq,bestrq_cost",
     "long": "scratch,bestrq_long,birq_long,bestrq_cost_long",
     "probes": "bestrq_freeze,scratch_lr5e-4,bestrq_lr5e-4",
+    "paper": "bestrq_long,birq_long_paper,bestrq_cost_paper,birq_long",
 }
 """Sets of arms `--arms` takes by name (each can run as its own runner on one work folder)."""
 DEFAULT_ARMS = "comparison,long"
@@ -156,6 +168,7 @@ COMPARISONS = [
     ("birq_long_ln_centred", "birq_long"), ("birq_long_ln", "birq_long_ln_centred"),
     ("birq_masked", "birq"), ("birq_st", "birq"),
     ("birq_long_paper", "birq_long"), ("birq_long_paper", "bestrq_long"),
+    ("birq_long_paper", "bestrq_cost_paper"),
     *((name, arm.baseline) for name, arm in ARMS.items() if arm.probe),
 ]  # fmt: skip
 """(arm, baseline): reported when both have runs; the difference is arm - baseline."""
@@ -176,7 +189,15 @@ def cost_matched(steps: int, ratio: float) -> int:
     return max(steps, round(steps * ratio))
 
 
-def arm_pretrain_steps(arm: str, budget: Budget, cost: dict | None) -> int:
+def arm_cost(arm: str, meta: dict) -> dict | None:
+    """The step-cost measurement an equal-compute arm reads from the plan (plan.json)."""
+    cost_of = ARMS[arm].cost_of
+    return (
+        meta.get("equal_cost") if cost_of is None else meta.get("equal_cost_of", {}).get(cost_of[0])
+    )
+
+
+def arm_pretrain_steps(arm: str, budget: Budget, meta: dict) -> int:
     spec = ARMS[arm]
     steps = round(budget.pretrain_steps * spec.pretrain_scale)
-    return cost_matched(steps, cost["ratio"]) if spec.equal_cost else steps
+    return cost_matched(steps, arm_cost(arm, meta)["ratio"]) if spec.equal_cost else steps

@@ -25,7 +25,7 @@ def write_report(
     _plots(results, stats, out, main_set)
     lines = [
         *_intro(budget_name, budget, meta),
-        *_cost_lines(budget, meta.get("equal_cost"), stats),
+        *_cost_lines(budget, meta, stats),
         *_arm_table(results, stats, main_set),
         *_other_sets_table(stats, test_sets),
         *(line for s in test_sets for line in _differences(stats["comparisons"].get(s, {}), s)),
@@ -39,7 +39,7 @@ def write_report(
 
 def _arm_summary(arm: str, budget: Budget, meta: dict) -> dict:
     spec = ARMS[arm]
-    steps = arm_pretrain_steps(spec.encoder_of or arm, budget, meta.get("equal_cost"))
+    steps = arm_pretrain_steps(spec.encoder_of or arm, budget, meta)
     return {"title": spec.title, "probe": spec.probe, "baseline": spec.baseline,
             "pretrain_steps": steps if spec.pretrained else 0}  # fmt: skip
 
@@ -59,29 +59,35 @@ def _intro(budget_name: str, budget: Budget, meta: dict) -> list[str]:
     ]
 
 
-def _cost_lines(budget: Budget, cost: dict | None, stats: dict) -> list[str]:
-    """How equal compute was set: the step-cost ratio, where it comes from, and the steps."""
-    if not cost:
-        return []
-    if cost["measured_on"].startswith("seed"):
-        source = (
-            f"on this machine in this plan's {cost['measured_on']} runs, fairseq2's Compute Time); "
+def _cost_lines(budget: Budget, meta: dict, stats: dict) -> list[str]:
+    """How equal compute was set: the step-cost ratio, where it comes from, and the steps;
+    one paragraph for BiRQ's defaults and one per other BiRQ form with an equal-compute arm."""
+    lines = []
+    for form, cost in [(None, meta.get("equal_cost")), *meta.get("equal_cost_of", {}).items()]:
+        arms = [a for a in stats["per_arm"] if ARMS[a].equal_cost
+                and (ARMS[a].cost_of or (None,))[0] == form]  # fmt: skip
+        if not cost or (form is not None and not arms):
+            continue
+        if cost["measured_on"].startswith("seed"):
+            source = f"on this machine in this plan's {cost['measured_on']} runs, fairseq2's Compute Time); "
+        else:
+            source = f"{cost['measured_on']}); "
+        steps = ", ".join(
+            f"`{a}` pretrains BEST-RQ for {arm_pretrain_steps(a, budget, meta)} steps" for a in arms
         )
-    else:
-        source = f"{cost['measured_on']}); "
-    steps = ", ".join(
-        f"`{a}` pretrains BEST-RQ for {arm_pretrain_steps(a, budget, cost)} steps"
-        for a in stats["per_arm"]
-        if ARMS[a].equal_cost
-    )
-    return [
-        f"Equal compute: BiRQ's training step cost {cost['birq_s_per_step']:.3f} s against "
-        f"BEST-RQ's {cost['bestrq_s_per_step']:.3f} s (ratio {cost['ratio']:.2f}, measured "
-        + source
-        + steps
-        + ".",
-        "",
-    ]
+        if form is None:
+            head = "Equal compute: BiRQ's training step cost"
+            base = "BEST-RQ's"
+        else:
+            head = f"Equal compute to `{form}`: its training step cost"
+            base = f"`{cost['arms'][1]}`'s"
+        lines += [
+            f"{head} {cost['birq_s_per_step']:.3f} s against {base} "
+            f"{cost['bestrq_s_per_step']:.3f} s (ratio {cost['ratio']:.2f}, measured "
+            + source + steps + ".",
+            "",
+        ]  # fmt: skip
+    return lines
 
 
 def _arm_table(results: dict, stats: dict, test_set: str) -> list[str]:
