@@ -109,6 +109,14 @@ class ModelSource:
             and len(model_state_files(self.run_dir, self.step)) > 1
         )
 
+    def initial_model(self, seed: int) -> Module:
+        """The same architecture and config, freshly initialised (the probes' floor)."""
+        family = get_dependency_resolver().resolve(ModelFamily, key=self.family)
+        config = family.get_model_config(self.card)
+        torch.manual_seed(seed)
+        hub = ModelHub(family, get_asset_store())
+        return hub.create_new_model(config, device=torch.device("cpu")).eval()
+
     def _meta_model(self) -> Module:
         family = get_dependency_resolver().resolve(ModelFamily, key=self.family)
         config = family.get_model_config(self.card)
