@@ -171,6 +171,30 @@ def label_analysis(run: Path, data: Layout, budget: Budget) -> dict | None:
         return None
 
 
+def phone_probes(run: Path, data: Layout, budget: Budget, floors: Path) -> dict | None:
+    """birq-probe of a pretrained encoder (run/probe/probe.json), and once per seed the
+    floors (`floors`/probe.json: that architecture freshly initialised, the fbank input);
+    None on a corpus without phone alignments."""
+    from birq_fs2.cli.probe import run_probes
+    from birq_fs2.data.alignments import AlignmentError
+    from birq_fs2.data.corpus import CorpusError
+    from birq_fs2.probe import ProbeConfig
+
+    config = ProbeConfig(epochs=budget.probe_epochs, recogniser_epochs=budget.probe_epochs)
+    train_n, eval_n = budget.probe_utterances
+    kw = {"splits": (data.train, data.dev, data.test), "train_utterances": train_n,
+          "eval_utterances": eval_n, "config": config, "log": lambda m: print(m, file=sys.stderr)}  # fmt: skip
+    try:
+        for out, only_floors in ((floors, True), (run / "probe", False)):
+            if not (out / "probe.json").exists():
+                run_probes([f"{run.name}={run}"], data.corpus, floors=False, only_floors=only_floors,
+                           out_dir=out, **kw)  # fmt: skip
+    except (CorpusError, AlignmentError) as ex:
+        print(f"evidence: no phone probes of {run.name}: {ex}", file=sys.stderr)
+        return None
+    return json.loads((run / "probe" / "probe.json").read_text())
+
+
 # --- planning --------------------------------------------------------------------------
 
 
@@ -316,6 +340,78 @@ def pretrain_summary(run: Path, layers: dict | None) -> dict:
     return summary
 
 
+def _encoder_probe(e: dict) -> dict:
+    return {
+        "best_layer": e["best_layer"]["stream"],
+        "frame_accuracy": round(100 * e["best_layer"]["test_accuracy"], 2),
+        "per": round(e["recogniser"]["test_per"], 2),
+        "layer_accuracy": {k: round(100 * v["test_accuracy"], 2) for k, v in e["linear"].items()},
+        "layer_weights": e["recogniser"]["layer_weights"],
+    }
+
+
+def probe_summary(probe_file: Path) -> dict | None:
+    """birq-probe's numbers of one encoder: the best layer's test frame accuracy (the layer
+    chosen on dev), the phone recogniser's test PER, every layer's accuracy."""
+    if not probe_file.exists():
+        return None
+    (e,) = json.loads(probe_file.read_text())["encoders"].values()
+    return _encoder_probe(e)
+
+
+def probe_errors(probe_file: Path) -> dict[str, tuple[int, int, int, int]]:
+    """{test utterance: (frames wrong, frames, phone edits, reference phones)}: the shape
+    bootstrap_difference reads (its "wer" is then the frame error rate, its "cer" the PER)."""
+    (e,) = json.loads(probe_file.read_text())["encoders"].values()
+    frames, phones = (
+        e["test_utterances"]["best_layer_frames"],
+        e["test_utterances"]["recogniser_phones"],
+    )
+    return {u: (*frames[u], *phones[u]) for u in frames if u in phones}
+
+
+def analyse_probes(work: Path, results: dict) -> dict:
+    """Per arm mean and sd over seeds of the probe numbers; for each comparison of two
+    pretrained arms the paired differences (frame accuracy, PER) with both intervals."""
+    probed = [r for r in results["runs"] if r.get("probe")]
+    per_arm = {}
+    for arm in sorted({r["arm"] for r in probed}, key=list(ARMS).index):
+        rs = [r for r in probed if r["arm"] == arm]
+        acc, acc_sd = mean_std([r["probe"]["frame_accuracy"] for r in rs])
+        per, per_sd = mean_std([r["probe"]["per"] for r in rs])
+        per_arm[arm] = {"seeds": [r["seed"] for r in rs], "frame_accuracy": round(acc, 2),
+                        "frame_accuracy_std": acc_sd, "per": round(per, 2), "per_std": per_sd,
+                        "best_layer_per_seed": [r["probe"]["best_layer"] for r in rs],
+                        "frame_accuracy_per_seed": [r["probe"]["frame_accuracy"] for r in rs],
+                        "per_per_seed": [r["probe"]["per"] for r in rs]}  # fmt: skip
+    floors = {}
+    for name in sorted({n for f in results["probe_floors"].values() for n in f}):
+        rows = [f[name] for f in results["probe_floors"].values() if name in f]
+        acc, acc_sd = mean_std([r["frame_accuracy"] for r in rows])
+        per, per_sd = mean_std([r["per"] for r in rows])
+        floors[name] = {"seeds": len(rows), "frame_accuracy": round(acc, 2), "frame_accuracy_std": acc_sd,
+                        "per": round(per, 2), "per_std": per_sd}  # fmt: skip
+    errors = {
+        arm: {r["seed"]: probe_errors(work / "pretrain" / f"{ARMS[arm].encoder_of or arm}-s{r['seed']}"
+                                      / "probe" / "probe.json") for r in probed if r["arm"] == arm}
+        for arm in per_arm
+    }  # fmt: skip
+    comparisons = {}
+    for arm, base in COMPARISONS:
+        if arm in errors and base in errors and set(errors[arm]) & set(errors[base]):
+            c = bootstrap_difference(errors[arm], errors[base])
+            flip = lambda ci: [-ci[1], -ci[0]] if ci else None  # noqa: E731 - error rate -> accuracy
+            comparisons[f"{arm} vs {base}"] = {
+                "seeds": c["seeds"], "utterances": c["utterances"],
+                "frame_accuracy_diff": -c["wer_diff"], "frame_accuracy_ci95": flip(c["wer_ci95"]),
+                "frame_accuracy_seed_ci95": flip(c["wer_seed_ci95"]),
+                "frame_accuracy_diff_per_seed": [-d for d in c["wer_diff_per_seed"]],
+                "per_diff": c["cer_diff"], "per_ci95": c["cer_ci95"], "per_seed_ci95": c["cer_seed_ci95"],
+                "per_diff_per_seed": c["cer_diff_per_seed"],
+            }  # fmt: skip
+    return {"per_arm": per_arm, "floors": floors, "comparisons": comparisons}
+
+
 def scored_runs(work: Path, test_set: str) -> list[tuple[str, int]]:
     """(arm, seed) of every run of the work folder scored on `test_set`, in ARMS order."""
     found = []
@@ -346,12 +442,19 @@ def collect(work: Path, test_sets: list[str]) -> dict:
             "pretrain": pretrain_summary(pre, json.loads(labels.read_text())
                                          if labels.exists() else None)
             if spec.pretrained else None,
+            "probe": probe_summary(pre / "probe" / "probe.json") if spec.pretrained else None,
             "error_types": error_types(scored[test_sets[0]]),
             "dev_wer": series(ft_valid, "wer", FINETUNE_METRICS),
             "dev_best": min(({"wer": r[wer], "cer": r[cer], "step": r["Step"]}
                              for r in ft_valid if wer in r), key=lambda b: b["wer"], default=None),
         })  # fmt: skip
-    return {"runs": runs}
+    floors = {}
+    for f in sorted((work / "probe").glob("floors-s*/probe.json")):
+        seed = int(f.parent.name.rpartition("-s")[2])
+        floors[seed] = {
+            name: _encoder_probe(e) for name, e in json.loads(f.read_text())["encoders"].items()
+        }
+    return {"runs": runs, "probe_floors": floors}
 
 
 def analyse_results(work: Path, results: dict, test_sets: list[str]) -> dict:
@@ -382,7 +485,7 @@ def analyse_results(work: Path, results: dict, test_sets: list[str]) -> dict:
                     c["wer_diff"] / max(per_arm[base][s]["wer"], 1e-9), 4
                 )  # vs the baseline's mean over all its seeds
                 comparisons.setdefault(s, {})[f"{arm} vs {base}"] = c
-    return {"per_arm": per_arm, "comparisons": comparisons}
+    return {"per_arm": per_arm, "comparisons": comparisons, "probes": analyse_probes(work, results)}
 
 
 # --- main ------------------------------------------------------------------------------
@@ -499,6 +602,8 @@ class Runner:
         encoder = self.timed(f"pretrain-{source}-s{seed}", finished(run, steps), pretrain,
                              work, data, source, seed, steps, budget)  # fmt: skip
         label_analysis(encoder, data, budget)
+        self.timed(f"probe-{source}-s{seed}", (encoder / "probe" / "probe.json").exists(),
+                   phone_probes, encoder, data, budget, work / "probe" / f"floors-s{seed}")  # fmt: skip
         return encoder
 
     def run_arm(self, arm: str, seed: int, cost_seed: int) -> None:

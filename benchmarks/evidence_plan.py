@@ -24,13 +24,16 @@ class Budget:
     label_utterances: int
     """Dev utterances of the layer analysis (birq-labels) of each pretrained encoder."""
     seeds: str
+    probe_utterances: tuple[int, int] = (600, 200)
+    """birq-probe's train and dev/test utterances (the corpus's own splits' speakers)."""
+    probe_epochs: int = 20
 
 
 BUDGETS = {
     "quick": Budget(
         hours=0.03, speakers=6, labelled_minutes=1.0, pretrain_steps=4,
         pretrain_validate_every=2, finetune_steps=4, finetune_validate_every=2,
-        label_utterances=10, seeds="0",
+        label_utterances=10, seeds="0", probe_utterances=(20, 10), probe_epochs=2,
     ),
     "full": Budget(
         hours=2.0, speakers=40, labelled_minutes=10.0, pretrain_steps=400,

@@ -29,9 +29,10 @@ def write_report(
         *_arm_table(results, stats, main_set),
         *_other_sets_table(stats, test_sets),
         *(line for s in test_sets for line in _differences(stats["comparisons"].get(s, {}), s)),
+        *phone_probe_section(stats),
         *error_section(results, stats, main_set),
         *probe_section(results, stats, main_set),
-        "## Reading", "", *reading(stats, main_set), "",
+        "## Reading", "", *reading(stats, main_set), *yardsticks(stats, main_set), "",
         *_closing(results, meta),
     ]  # fmt: skip
     (out / "REPORT.md").write_text("\n".join(lines))
@@ -171,6 +172,91 @@ def _closing(results: dict, meta: dict) -> list[str]:
             "```", "",
             "Wall-clock seconds per run (this machine): "
             + ", ".join(f"{k} {v:.0f}" for k, v in sorted(meta["wall_s"].items())), ""]  # fmt: skip
+
+
+def _pm(mean: float, sd: float | None) -> str:
+    return f"{mean:.1f} ± {sd:.1f}" if sd is not None else f"{mean:.1f}"
+
+
+def _ci(ci: list[float] | None) -> str:
+    return f"[{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "-"
+
+
+def phone_probe_section(stats: dict) -> list[str]:
+    """The frozen encoders' phone probes (birq-probe) per arm, the floors, and the paired
+    differences with both intervals."""
+    probes = stats.get("probes") or {}
+    if not probes.get("per_arm"):
+        return []
+    lines = ["## Phone probes of the frozen pretrained encoders", "",
+             "`birq-probe` on each pretrained encoder (before fine-tuning): a linear phone "
+             "classifier per block (test frame accuracy of the block chosen on dev) and a "
+             "SUPERB-style phone recogniser (softmax-weighted sum of the blocks, a linear layer, "
+             "CTC; test PER), trained on the train speakers' aligned utterances, chosen on dev, "
+             "scored on the test speakers; 39 CMU phones and silence. Floors: the same "
+             "architecture freshly initialised (per seed) and the stacked log-mel input.", "",
+             "| encoder | seeds | best block per seed | frame accuracy % | PER % | "
+             "frame accuracy per seed | PER per seed |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for arm, a in probes["per_arm"].items():
+        lines.append(
+            f"| `{arm}` | {len(a['seeds'])} | {', '.join(b.replace('block_', '') for b in a['best_layer_per_seed'])} "
+            f"| {_pm(a['frame_accuracy'], a['frame_accuracy_std'])} | {_pm(a['per'], a['per_std'])} "
+            f"| {', '.join(f'{v:.1f}' for v in a['frame_accuracy_per_seed'])} "
+            f"| {', '.join(f'{v:.1f}' for v in a['per_per_seed'])} |"
+        )  # fmt: skip
+    for name, f in probes["floors"].items():
+        title = {
+            "random": "random initialisation (floor)",
+            "fbank": "stacked log-mel input (floor)",
+        }
+        lines.append(
+            f"| {title.get(name, name)} | {f['seeds']} | - | {_pm(f['frame_accuracy'], f['frame_accuracy_std'])} "
+            f"| {_pm(f['per'], f['per_std'])} | - | - |"
+        )  # fmt: skip
+    lines += ["", "Mean ± standard deviation over seeds.", ""]
+    if probes["comparisons"]:
+        lines += ["### Paired differences, phone probes", "",
+                  "| comparison | seeds | frame accuracy diff (points) | 95 % CI (utterances) | "
+                  "95 % CI (seeds) | PER diff (points) | 95 % CI (utterances) | 95 % CI (seeds) |",
+                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for key, c in probes["comparisons"].items():
+            lines.append(
+                f"| {key} | {len(c['seeds'])} | {c['frame_accuracy_diff']:+.2f} | {_ci(c['frame_accuracy_ci95'])} "
+                f"| {_ci(c['frame_accuracy_seed_ci95'])} | {c['per_diff']:+.2f} | {_ci(c['per_ci95'])} "
+                f"| {_ci(c['per_seed_ci95'])} |"
+            )  # fmt: skip
+        lines += ["", "Positive frame accuracy and negative PER = the first arm's representation "
+                  "is better. Intervals as for WER above.", ""]  # fmt: skip
+    return lines
+
+
+def yardsticks(stats: dict, test_set: str) -> list[str]:
+    """Which yardstick separates the arms: for each comparison with phone probes, whether
+    the WER, frame accuracy and PER intervals (over utterances and over seeds) exclude 0."""
+    probes = (stats.get("probes") or {}).get("comparisons") or {}
+    wer = stats["comparisons"].get(test_set, {})
+    if not probes:
+        return []
+
+    def verdict(ci: list[float] | None, seed_ci: list[float] | None, better: int) -> str:
+        if not ci:
+            return "-"
+        sign = interval_sign(ci)
+        held = " (and over seeds)" if seed_ci and interval_sign(seed_ci) == sign != 0 else ""
+        return {0: "undecided", better: "first better", -better: "first worse"}[sign] + held
+
+    lines = ["", "Which yardstick separates the arms (95 % intervals over test utterances; "
+             "\"over seeds\": the t-interval over seeds excludes 0 too):", ""]  # fmt: skip
+    for key, c in probes.items():
+        w = wer.get(key)
+        lines.append(
+            f"- {key}: WER {verdict(w and w['wer_ci95'], w and w.get('wer_seed_ci95'), -1) if w else '-'}; "
+            f"frame accuracy {c['frame_accuracy_diff']:+.1f} points, "
+            f"{verdict(c['frame_accuracy_ci95'], c['frame_accuracy_seed_ci95'], 1)}; "
+            f"PER {c['per_diff']:+.1f} points, {verdict(c['per_ci95'], c['per_seed_ci95'], -1)}."
+        )  # fmt: skip
+    return lines
 
 
 def error_section(results: dict, stats: dict, test_set: str) -> list[str]:

@@ -119,6 +119,15 @@ def test_quick_plan_runs_end_to_end_and_resumes(tmp_path):
     assert len(datasets) == 1 and '"train_subset_seed": 0' in datasets.pop()
     report = (out / "REPORT.md").read_text()
     assert "Does BEST-RQ beat no pretraining?" in report and "(`bestrq_cost`)" in report
+    # Every pretrained encoder is probed frozen (birq-probe), with the floors once per seed.
+    probes = result["probes"]
+    assert list(probes["per_arm"]) == ["bestrq", "birq", "bestrq_cost"]
+    assert (
+        set(probes["floors"]) == {"random", "fbank"} and "birq vs bestrq" in probes["comparisons"]
+    )
+    assert all(0 <= a["frame_accuracy"] <= 100 for a in probes["per_arm"].values())
+    assert "## Phone probes of the frozen pretrained encoders" in report
+    assert "Which yardstick separates the arms" in report
     assert (out / "dev_wer.png").stat().st_size > 0 and (out / "test_wer.png").stat().st_size > 0
 
     # The same command again: every run is found finished, nothing is trained again.
@@ -159,6 +168,31 @@ def test_quick_plan_runs_end_to_end_and_resumes(tmp_path):
     assert "## Making pretraining pay" in report and "(`bestrq_freeze`) | `scratch`" in report
     assert "--arms bestrq_freeze,scratch_lr5e-4" in report and "## Error types" in report
     assert f"`bestrq_cost_long` pretrains BEST-RQ for {max(12, round(12 * ratio))} steps" in report
+
+
+def test_an_equal_compute_arm_of_another_form_reads_its_own_ratio():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from evidence_plan import ARMS, BUDGETS, arm_pretrain_steps
+    from evidence_report import _cost_lines
+
+    full = BUDGETS["full"]
+    meta = {
+        "equal_cost": {"birq_s_per_step": 0.36, "bestrq_s_per_step": 0.3, "ratio": 1.2,
+                       "measured_on": "side by side"},
+        "equal_cost_of": {"birq_long_paper": {
+            "birq_s_per_step": 0.45, "bestrq_s_per_step": 0.3, "ratio": 1.5,
+            "measured_on": "interleaved 2 x 100-step runs of each, seed 0, on this plan's data",
+            "arms": ["birq_long_paper", "bestrq_long"]}},
+    }  # fmt: skip
+    assert ARMS["bestrq_cost_paper"].cost_of == ("birq_long_paper", "bestrq_long")
+    assert arm_pretrain_steps("bestrq_cost_long", full, meta) == 1440  # 1200 x 1.2
+    assert arm_pretrain_steps("bestrq_cost_paper", full, meta) == 1800  # 1200 x 1.5
+    assert arm_pretrain_steps("birq_long_paper", full, meta) == 1200
+    stats = {"per_arm": {"bestrq_cost_long": {}, "bestrq_cost_paper": {}}}
+    text = "\n".join(_cost_lines(full, meta, stats))
+    assert "`bestrq_cost_long` pretrains BEST-RQ for 1440 steps" in text
+    assert "Equal compute to `birq_long_paper`: its training step cost 0.450 s against " in text
+    assert "`bestrq_cost_paper` pretrains BEST-RQ for 1800 steps" in text
 
 
 def test_paper_arm_overrides_are_the_paper_preset():

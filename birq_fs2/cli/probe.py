@@ -1,7 +1,7 @@
 """Frozen-encoder phone probes of pretrained encoders (`birq_fs2.probe`).
 
     birq-probe --model [NAME=]RUN_OR_EXPORT_OR_CARD [--model ...] --data CORPUS
-        [--splits train,dev,test] [--no-floors] [--out DIR]
+        [--splits train,dev,test] [--no-floors | --only-floors] [--out DIR]
         [--train-utterances 600] [--eval-utterances 200] [--epochs 20] [--seed 0]
 
 For each encoder: a linear phone classifier per layer (test frame accuracy, the epoch
@@ -58,13 +58,15 @@ def run_probes(
     *,
     splits: tuple[str, str, str] = SPLIT_ROLES,
     floors: bool = True,
+    only_floors: bool = False,
     train_utterances: int = 600,
     eval_utterances: int = 200,
     config: ProbeConfig | None = None,
     out_dir: Path | None = None,
     log=print,
 ) -> dict:
-    """Probes every encoder of `models` ([NAME=]SPEC) on `data`; the result probe.json holds."""
+    """Probes every encoder of `models` ([NAME=]SPEC) on `data` and the floors (with
+    `only_floors`: the floors of the first model alone); the result probe.json holds."""
     config = config or ProbeConfig()
     limits = (train_utterances, eval_utterances, eval_utterances)
     corpus = {
@@ -102,9 +104,12 @@ def run_probes(
             )
         layers = model.config.encoder_config.num_encoder_layers
         streams = [f"block_{k}" for k in range(1, layers + 1)]
-        probe(name, "trained", path, model, source.feature_config(), streams)
+        if not only_floors:
+            probe(name, "trained", path, model, source.feature_config(), streams)
         first = first or (source, model)
-    if floors and first is not None:
+        if only_floors:
+            break
+    if (floors or only_floors) and first is not None:
         source, model = first
         features = source.feature_config()
         probe("random", "random", f"{_named(models[0])[1]} (initialisation, seed {config.seed})",
@@ -200,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", required=True, type=Path, help="corpus with *.phones.txt")
     parser.add_argument("--splits", default="train,dev,test", help="train,dev,test split names")
     parser.add_argument("--no-floors", action="store_true", help="skip the random and fbank rows")
+    parser.add_argument("--only-floors", action="store_true",
+                        help="only the random and fbank rows (of the first --model's architecture)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("probe"))
     parser.add_argument("--train-utterances", type=int, default=600)
     parser.add_argument("--eval-utterances", type=int, default=200, help="per dev and test split")
@@ -214,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     def probes() -> int:
         config = ProbeConfig(epochs=args.epochs, recogniser_epochs=args.epochs, seed=args.seed)
         result = run_probes(
-            args.model, args.data, splits=splits, floors=not args.no_floors,
+            args.model, args.data, splits=splits, floors=not args.no_floors, only_floors=args.only_floors,
             train_utterances=args.train_utterances, eval_utterances=args.eval_utterances,
             config=config, out_dir=args.out,
             log=lambda m: print(m, file=sys.stderr, flush=True),
