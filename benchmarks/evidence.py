@@ -121,7 +121,7 @@ def finetune(
     work: Path, data: Layout, arm: str, seed: int, encoder: Path | None, fraction: float,
     budget: Budget,
 ) -> Path:  # fmt: skip
-    steps = budget.finetune_steps
+    steps = round(budget.finetune_steps * ARMS[arm].finetune_scale)
     extra = [
         f"dataset.train_fraction={fraction:.6f}", f"dataset.train_subset_seed={SUBSET_SEED}",
         *([f"pretrained.model={encoder}"] if encoder is not None else []), *ARMS[arm].finetune,
@@ -373,7 +373,8 @@ def probe_errors(probe_file: Path) -> dict[str, tuple[int, int, int, int]]:
 def analyse_probes(work: Path, results: dict) -> dict:
     """Per arm mean and sd over seeds of the probe numbers; for each comparison of two
     pretrained arms the paired differences (frame accuracy, PER) with both intervals."""
-    probed = [r for r in results["runs"] if r.get("probe")]
+    # an arm that fine-tunes another arm's encoder has that arm's probes
+    probed = [r for r in results["runs"] if r.get("probe") and not ARMS[r["arm"]].encoder_of]
     per_arm = {}
     for arm in sorted({r["arm"] for r in probed}, key=list(ARMS).index):
         rs = [r for r in probed if r["arm"] == arm]
@@ -568,6 +569,9 @@ class Runner:
     def report(self) -> None:
         set_names = [s[0] for s in self.test_sets]
         results = collect(self.work, set_names)
+        for arm in {r["arm"] for r in results["runs"]}:
+            if ARMS[arm].labelled_minutes is not None:
+                self.labelled(arm)  # the report names each arm's own labelled size
         if results["runs"]:
             stats = analyse_results(self.work, results, set_names)
             write_report(self.out, self.budget_name, self.budget, {**self.meta, "wall_s": self.walls},
@@ -584,6 +588,16 @@ class Runner:
             self.walls[key] = round(self.walls.get(key, 0) + time.perf_counter() - started, 1)
             self.wall_file.write_text(json.dumps(self.walls, indent=2) + "\n")
         return result
+
+    def labelled(self, arm: str) -> float:
+        """dataset.train_fraction of the arm's labelled subset (the plan's, or its own size:
+        recorded in the plan's meta as labelled_by_arm)."""
+        minutes = ARMS[arm].labelled_minutes
+        if minutes is None:
+            return self.fraction
+        fraction, held, _ = labelled_fraction(self.data, minutes)
+        self.meta.setdefault("labelled_by_arm", {})[arm] = {"fraction": fraction, "minutes": held}
+        return fraction
 
     def encoder(self, source: str, seed: int, cost_seed: int) -> Path:
         """The pretraining run of arm `source` (trained or resumed here) and its layer
@@ -611,8 +625,9 @@ class Runner:
         work, spec = self.work, ARMS[arm]
         encoder = self.encoder(spec.encoder_of or arm, seed, cost_seed) if spec.pretrained else None
         name = f"{arm}-s{seed}"
-        ft = self.timed(f"finetune-{name}", finished(work / "finetune" / name, self.budget.finetune_steps),
-                        finetune, work, self.data, arm, seed, encoder, self.fraction, self.budget)  # fmt: skip
+        steps = round(self.budget.finetune_steps * spec.finetune_scale)
+        ft = self.timed(f"finetune-{name}", finished(work / "finetune" / name, steps),
+                        finetune, work, self.data, arm, seed, encoder, self.labelled(arm), self.budget)  # fmt: skip
         scored = all(
             (work / "eval" / s[0] / name / "summary.json").exists() for s in self.test_sets
         )

@@ -62,6 +62,10 @@ class Arm:
     """Pretraining steps as a multiple of the budget's."""
     baseline: str | None = None
     """Probes only: the arm it is compared with (same fine-tuning recipe, or the default)."""
+    labelled_minutes: float | None = None
+    """Labelled audio of the fine-tuning (None: the budget's)."""
+    finetune_scale: float = 1.0
+    """Fine-tuning steps as a multiple of the budget's."""
     knob: bool = False
     """A comparison arm that is also a row of "making pretraining pay" (against `scratch`):
     the knob it changes (here: pretraining length) is one that was tried to make it pay."""
@@ -76,6 +80,11 @@ class Arm:
         return self.pretrain is not None or self.encoder_of is not None
 
 
+ARM_TITLES_1H = {
+    "scratch": "no pretraining", "bestrq_long": "BEST-RQ, 3x pretraining steps",
+    "birq_long": "BiRQ (defaults), 3x pretraining steps",
+    "birq_long_paper": "BiRQ at the paper's settings, label_grad_scale 0.01, 3x pretraining steps",
+}  # fmt: skip
 ENH = "model.config_overrides.enhanced"
 CONV = "model.config_overrides.conv_module"
 PAPER_OVERRIDES = [
@@ -130,6 +139,19 @@ ARMS: dict[str, Arm] = {
         cost_of=("birq_long_paper", "bestrq_long"),
         pretrain_scale=3.0,
     ),
+    # The second labelled size: about an hour (6x the budget's 10 minutes) for the 1200-step
+    # encoders, fine-tuned for 2x the steps (about as many epochs of the subset as 10 minutes
+    # get in 300 steps / 6, enough to converge on dev without the 10-minute regime's overfit).
+    **{
+        f"{source}_1h": Arm(
+            f"{ARM_TITLES_1H[source]}, 1 h labelled",
+            None,
+            encoder_of=source if source != "scratch" else None,
+            labelled_minutes=60.0,
+            finetune_scale=2.0,
+        )
+        for source in ("scratch", "bestrq_long", "birq_long", "birq_long_paper")
+    },
     "birq_masked": Arm("BiRQ, label_input: masked", [f"{ENH}.label_input=masked"]),
     # Named when label_grad's values were spelled st / stop (committed results use the names).
     "birq_st": Arm("BiRQ, label_grad: straight_through", [f"{ENH}.label_grad=straight_through"]),
@@ -161,6 +183,7 @@ ARM_GROUPS = {
     "long": "scratch,bestrq_long,birq_long,bestrq_cost_long",
     "probes": "bestrq_freeze,scratch_lr5e-4,bestrq_lr5e-4",
     "paper": "bestrq_long,birq_long_paper,bestrq_cost_paper,birq_long",
+    "hour": "scratch_1h,bestrq_long_1h,birq_long_1h,birq_long_paper_1h",
 }
 """Sets of arms `--arms` takes by name (each can run as its own runner on one work folder)."""
 DEFAULT_ARMS = "comparison,long"
@@ -172,6 +195,9 @@ COMPARISONS = [
     ("birq_masked", "birq"), ("birq_st", "birq"),
     ("birq_long_paper", "birq_long"), ("birq_long_paper", "bestrq_long"),
     ("birq_long_paper", "bestrq_cost_paper"),
+    ("bestrq_long_1h", "scratch_1h"), ("birq_long_1h", "scratch_1h"),
+    ("birq_long_1h", "bestrq_long_1h"), ("birq_long_paper_1h", "bestrq_long_1h"),
+    ("birq_long_paper_1h", "birq_long_1h"),
     *((name, arm.baseline) for name, arm in ARMS.items() if arm.probe),
 ]  # fmt: skip
 """(arm, baseline): reported when both have runs; the difference is arm - baseline."""

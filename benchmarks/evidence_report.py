@@ -57,6 +57,22 @@ def _intro(budget_name: str, budget: Budget, meta: dict) -> list[str]:
         f"{SUBSET_SEED}); the checkpoint with the best dev WER is exported and scored on the "
         "held-out test speakers. Seeds vary the pretraining and the fine-tuning both.",
         "",
+        *_own_labelled(budget, meta),
+    ]
+
+
+def _own_labelled(budget: Budget, meta: dict) -> list[str]:
+    """Arms fine-tuned on another labelled size (the second point of the low-label curve)."""
+    groups: dict[tuple, list[str]] = {}
+    for arm, v in (meta.get("labelled_by_arm") or {}).items():
+        steps = round(budget.finetune_steps * ARMS[arm].finetune_scale)
+        groups.setdefault((round(v["minutes"], 1), round(v["fraction"], 4), steps), []).append(arm)
+    return [
+        f"Second labelled size: {minutes:.1f} minutes (dataset.train_fraction {fraction:.4f}, "
+        f"the same subset seed), {steps} fine-tuning steps: "
+        + ", ".join(f"`{a}`" for a in arms)
+        + ".\n"
+        for (minutes, fraction, steps), arms in groups.items()
     ]
 
 

@@ -195,6 +195,25 @@ def test_an_equal_compute_arm_of_another_form_reads_its_own_ratio():
     assert "`bestrq_cost_paper` pretrains BEST-RQ for 1800 steps" in text
 
 
+def test_the_second_labelled_size_reuses_the_long_encoders():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from evidence_plan import ARM_GROUPS, ARMS, BUDGETS
+    from evidence_report import _own_labelled
+
+    hour = ARM_GROUPS["hour"].split(",")
+    assert [ARMS[a].encoder_of for a in hour] == [
+        None,
+        "bestrq_long",
+        "birq_long",
+        "birq_long_paper",
+    ]
+    assert all(ARMS[a].labelled_minutes == 60 and ARMS[a].finetune_scale == 2 for a in hour)
+    meta = {"labelled_by_arm": {a: {"minutes": 59.8, "fraction": 0.4983} for a in hour[:2]}}
+    (line,) = _own_labelled(BUDGETS["full"], meta)
+    assert line.startswith("Second labelled size: 59.8 minutes (dataset.train_fraction 0.4983")
+    assert "600 fine-tuning steps: `scratch_1h`, `bestrq_long_1h`." in line
+
+
 def test_paper_arm_overrides_are_the_paper_preset():
     """evidence_plan.PAPER_OVERRIDES applied to tiny_cpu.yaml give paper_tiny_cpu.yaml."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
