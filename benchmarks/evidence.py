@@ -569,7 +569,7 @@ class Runner:
     def report(self) -> None:
         set_names = [s[0] for s in self.test_sets]
         results = collect(self.work, set_names)
-        for arm in {r["arm"] for r in results["runs"]}:
+        for arm in sorted({r["arm"] for r in results["runs"]}, key=list(ARMS).index):
             if ARMS[arm].labelled_minutes is not None:
                 self.labelled(arm)  # the report names each arm's own labelled size
         if results["runs"]:
