@@ -58,12 +58,15 @@ def test_one_inventory_for_both_engines(aligned_corpus):
 
 
 def _splits(model, corpus):
-    from birq_fs2.cli.probe import _aligned
+    from birq_fs2.data.alignments import aligned_utterances
     from birq_fs2.data.audio import FbankConfig, FbankExtractor
     from birq_fs2.probe import extract
 
     extractor = FbankExtractor(FbankConfig())
-    return [extract(model, extractor, *_aligned(corpus, s, 200)) for s in ("train", "dev", "test")]
+    return [
+        extract(model, extractor, *aligned_utterances(corpus, s, 200))
+        for s in ("train", "dev", "test")
+    ]
 
 
 def _phonetic(model, train) -> None:
@@ -99,7 +102,7 @@ def _phonetic(model, train) -> None:
 
 
 def test_a_phonetic_encoder_probes_better_than_a_random_one(aligned_corpus, pretrained_run):
-    from birq_fs2.cli.probe import _aligned
+    from birq_fs2.data.alignments import aligned_utterances
     from birq_fs2.models.source import resolve_model
     from birq_fs2.probe import ProbeConfig, probe_encoder
 
@@ -107,7 +110,7 @@ def test_a_phonetic_encoder_probes_better_than_a_random_one(aligned_corpus, pret
     source = resolve_model(pretrained_run)
     random_model = source.initial_model(0)
     phonetic = source.initial_model(0)
-    _phonetic(phonetic, _aligned(aligned_corpus, "train", 200))
+    _phonetic(phonetic, aligned_utterances(aligned_corpus, "train", 200))
     config = ProbeConfig(epochs=8, recogniser_epochs=30)
     streams = ["block_1", "block_2", "block_3", "block_4"]
     scores = {

@@ -23,9 +23,8 @@ from fairseq2.nn import BatchLayout
 from torch import Tensor
 
 from birq_fs2.cli import run_command
-from birq_fs2.data.alignments import alignment_files_next_to, frame_phones, load_alignments
+from birq_fs2.data.alignments import aligned_utterances, frame_phones
 from birq_fs2.data.audio import AudioError, AudioLoader, FbankExtractor, utterance_seed
-from birq_fs2.data.corpus import CorpusError, load_split
 from birq_fs2.label_stats import stream_quality
 from birq_fs2.models.label_streams import frame_label_streams, layer_quantizer
 from birq_fs2.models.model import BirqModel
@@ -46,14 +45,7 @@ def analyse(
         raise ModelSourceError(
             f"{model_spec}: a '{source.family}' model; the layer analysis needs a birq encoder."
         )
-    utterances = load_split(data, split)
-    alignments = load_alignments(alignment_files_next_to(u.path for u in utterances))
-    aligned = [u for u in utterances if u.id in alignments][:max_utterances]
-    if not aligned:
-        raise CorpusError(
-            f"{data}: no phone alignments (*.phones.txt next to the audio) in split '{split}'; "
-            "birq-data synth writes them."
-        )
+    aligned, alignments = aligned_utterances(data, split, max_utterances)
     extractor = FbankExtractor(source.feature_config())
     loader, quantizer = AudioLoader(), layer_quantizer(model)
     layers = list(range(1, model.config.encoder_config.num_encoder_layers + 1))

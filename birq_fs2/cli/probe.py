@@ -24,27 +24,14 @@ from dataclasses import asdict
 from pathlib import Path
 
 from birq_fs2.cli import run_command
-from birq_fs2.data.alignments import alignment_files_next_to, load_alignments
+from birq_fs2.data.alignments import aligned_utterances
 from birq_fs2.data.audio import FbankExtractor
-from birq_fs2.data.corpus import CorpusError, load_split
 from birq_fs2.data.phones import PHONES
 from birq_fs2.models.model import BirqModel
 from birq_fs2.models.source import ModelSourceError, resolve_model
 from birq_fs2.probe import INPUT, ProbeConfig, ProbeSplit, extract, probe_encoder
 
 SPLIT_ROLES = ("train", "dev", "test")
-
-
-def _aligned(data: Path, split: str, limit: int) -> tuple[list, dict]:
-    utterances = load_split(data, split)
-    alignments = load_alignments(alignment_files_next_to(u.path for u in utterances))
-    aligned = [u for u in utterances if u.id in alignments][:limit]
-    if not aligned:
-        raise CorpusError(
-            f"{data}: no phone alignments (*.phones.txt next to the audio) in split '{split}'; "
-            "birq-data synth writes them."
-        )
-    return aligned, alignments
 
 
 def _named(spec: str) -> tuple[str, str]:
@@ -70,7 +57,7 @@ def run_probes(
     config = config or ProbeConfig()
     limits = (train_utterances, eval_utterances, eval_utterances)
     corpus = {
-        role: _aligned(data, split, n)
+        role: aligned_utterances(data, split, n)
         for role, split, n in zip(SPLIT_ROLES, splits, limits, strict=True)
     }
     encoders: dict[str, dict] = {}

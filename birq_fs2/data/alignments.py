@@ -32,6 +32,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from birq_fs2.data.corpus import CorpusError, load_split
+
 ALIGNMENT_SUFFIX = ".phones.txt"
 SILENCE = "sil"
 END_TOLERANCE = 0.020
@@ -220,3 +222,18 @@ def segments_from_ends(phones: Iterable[str], ends: Sequence[float]) -> list[Pho
         else:
             out.append((phone, a, b))
     return [PhoneSegment(p, a / 1000, b / 1000) for p, a, b in out]
+
+
+def aligned_utterances(data: Path, split: str, limit: int | None = None) -> tuple[list, dict]:
+    """The utterances of a split that have phone alignments (at most `limit`, in the
+    split's order) and every alignment of their chapters; CorpusError naming the corpus
+    when there are none."""
+    utterances = load_split(data, split)
+    alignments = load_alignments(alignment_files_next_to(u.path for u in utterances))
+    aligned = [u for u in utterances if u.id in alignments][:limit]
+    if not aligned:
+        raise CorpusError(
+            f"{data}: no phone alignments (*.phones.txt next to the audio) in split '{split}'; "
+            "birq-data synth writes them."
+        )
+    return aligned, alignments

@@ -101,7 +101,9 @@ class BirqScheduleSection:
         if self.gamma < 0:
             result.add_error(f"`schedule.gamma` must be >= 0, got {self.gamma}.")
         if self.enhanced_weight < 0:
-            result.add_error(f"`schedule.enhanced_weight` must be >= 0, got {self.enhanced_weight}.")
+            result.add_error(
+                f"`schedule.enhanced_weight` must be >= 0, got {self.enhanced_weight}."
+            )
         if self.enhanced_warmup_steps < 0:
             result.add_error(
                 f"`schedule.enhanced_warmup_steps` must be >= 0, got {self.enhanced_warmup_steps}."
