@@ -40,6 +40,13 @@ BUDGETS = {
         pretrain_validate_every=100, finetune_steps=300, finetune_validate_every=50,
         label_utterances=200, seeds="0,1,2",
     ),
+    # The compute curve: the same arms at 1x, 3x and 9x the steps on 8 h of unlabelled
+    # speech (so that 3600 steps are about 4 passes, not 15), the same 10 labelled minutes.
+    "curve": Budget(
+        hours=8.0, speakers=80, labelled_minutes=10.0, pretrain_steps=400,
+        pretrain_validate_every=100, finetune_steps=300, finetune_validate_every=50,
+        label_utterances=200, seeds="0,1,2",
+    ),
 }  # fmt: skip
 
 
@@ -111,6 +118,17 @@ ARMS: dict[str, Arm] = {
     ),
     # The convolution module (model.conv_module): w2v-BERT 2.0's causal layer-norm one,
     # which the transformers export needs; fine-tuned with the birq_ctc family.
+    # The third point of the compute curve (`--arms curve`).
+    "bestrq_9x": Arm(
+        "BEST-RQ, 9x pretraining steps", ["model.arch=bestrq_tiny"], pretrain_scale=9.0
+    ),
+    "birq_9x": Arm("BiRQ (defaults), 9x pretraining steps", [], pretrain_scale=9.0),
+    "bestrq_cost_9x": Arm(
+        "BEST-RQ, equal compute to `birq_9x`",
+        ["model.arch=bestrq_tiny"],
+        equal_cost=True,
+        pretrain_scale=9.0,
+    ),
     "birq_long_ln": Arm(
         "BiRQ (defaults), layer-norm causal convolutions, 3x pretraining steps",
         [f"{CONV}.norm=layer_norm", f"{CONV}.causal=true"],
@@ -183,6 +201,8 @@ ARM_GROUPS = {
     "long": "scratch,bestrq_long,birq_long,bestrq_cost_long",
     "probes": "bestrq_freeze,scratch_lr5e-4,bestrq_lr5e-4",
     "paper": "bestrq_long,birq_long_paper,bestrq_cost_paper,birq_long",
+    "curve": "scratch,bestrq,birq,bestrq_cost,bestrq_long,birq_long,bestrq_cost_long,"
+    "bestrq_9x,birq_9x,bestrq_cost_9x",
     "hour": "scratch_1h,bestrq_long_1h,birq_long_1h,birq_long_paper_1h",
 }
 """Sets of arms `--arms` takes by name (each can run as its own runner on one work folder)."""
@@ -190,7 +210,8 @@ DEFAULT_ARMS = "comparison,long"
 COMPARISONS = [
     ("bestrq", "scratch"), ("birq", "scratch"), ("birq", "bestrq"), ("birq", "bestrq_cost"),
     ("bestrq_long", "scratch"), ("birq_long", "scratch"), ("birq_long", "bestrq_long"),
-    ("birq_long", "bestrq_cost_long"), ("birq_long_ln", "birq_long"),
+    ("birq_long", "bestrq_cost_long"), ("birq_9x", "bestrq_9x"), ("birq_9x", "bestrq_cost_9x"),
+    ("bestrq_9x", "scratch"), ("birq_9x", "scratch"), ("birq_long_ln", "birq_long"),
     ("birq_long_ln_centred", "birq_long"), ("birq_long_ln", "birq_long_ln_centred"),
     ("birq_masked", "birq"), ("birq_st", "birq"),
     ("birq_long_paper", "birq_long"), ("birq_long_paper", "bestrq_long"),
@@ -201,6 +222,13 @@ COMPARISONS = [
     *((name, arm.baseline) for name, arm in ARMS.items() if arm.probe),
 ]  # fmt: skip
 """(arm, baseline): reported when both have runs; the difference is arm - baseline."""
+CURVES = {
+    "BEST-RQ": ("bestrq", "bestrq_long", "bestrq_9x"),
+    "BiRQ (defaults)": ("birq", "birq_long", "birq_9x"),
+    "BEST-RQ, equal compute": ("bestrq_cost", "bestrq_cost_long", "bestrq_cost_9x"),
+    "BiRQ, paper + label_grad_scale 0.01": ("birq_long_paper",),
+}
+"""The compute curve's lines: the same method at growing pretraining lengths."""
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from evidence_plan import ARMS, SUBSET_SEED, Budget, arm_pretrain_steps
+from evidence_plan import ARMS, CURVES, SUBSET_SEED, Budget, arm_pretrain_steps
 
 from birq_fs2.experiments.stats import interval_sign, mean_std
 
@@ -30,6 +30,7 @@ def write_report(
         *_other_sets_table(stats, test_sets),
         *(line for s in test_sets for line in _differences(stats["comparisons"].get(s, {}), s)),
         *phone_probe_section(stats),
+        *compute_curve(results, stats, main_set, out),
         *error_section(results, stats, main_set),
         *probe_section(results, stats, main_set),
         "## Reading", "", *reading(stats, main_set), *yardsticks(stats, main_set), "",
@@ -245,6 +246,84 @@ def phone_probe_section(stats: dict) -> list[str]:
         lines += ["", "Positive frame accuracy and negative PER = the first arm's representation "
                   "is better. Intervals as for WER above.", ""]  # fmt: skip
     return lines
+
+
+def curve_points(results: dict, stats: dict, test_set: str) -> dict[str, list[dict]]:
+    """Per line of CURVES, the arms that have runs, in order: pretraining steps, compute
+    (each run's own steps x its fairseq2 Compute Time per step, in CPU hours), test WER and
+    the probes' PER and frame accuracy, each as mean and sd over seeds."""
+    probes = (stats.get("probes") or {}).get("per_arm", {})
+    curves: dict[str, list[dict]] = {}
+    for line, arms in CURVES.items():
+        for arm in arms:
+            runs = [r for r in results["runs"] if r["arm"] == arm and r["pretrain"]]
+            if not runs:
+                continue
+            hours = [
+                r["pretrain"]["steps"] * r["pretrain"]["compute_s_per_step"] / 3600 for r in runs
+            ]
+            wer = stats["per_arm"][arm][test_set]
+            point = {"arm": arm, "steps": runs[0]["pretrain"]["steps"], "seeds": len(runs),
+                     "compute_h": mean_std(hours)[0], "wer": wer["wer"], "wer_std": wer["wer_std"]}  # fmt: skip
+            if arm in probes:
+                point.update(
+                    {
+                        k: probes[arm][k]
+                        for k in ("per", "per_std", "frame_accuracy", "frame_accuracy_std")
+                    }
+                )
+            curves.setdefault(line, []).append(point)
+    return curves
+
+
+def compute_curve(results: dict, stats: dict, test_set: str, out: Path) -> list[str]:
+    """Quality against pretraining compute (a table and compute_curve.png) once some line
+    has two lengths."""
+    curves = curve_points(results, stats, test_set)
+    if not any(len(points) > 1 for points in curves.values()):
+        return []
+    _plot_curve(curves, out / "compute_curve.png", test_set)
+    lines = ["## Quality against pretraining compute", "",
+             "Each arm's pretraining compute: its steps x its own fairseq2 Compute Time per step "
+             "(data loading and validation left out), CPU hours on this machine, mean over seeds.",
+             "", "| method | arm | steps | compute (CPU h) | seeds | test WER % | probe PER % | "
+             "probe frame accuracy % |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for line, points in curves.items():
+        for q in points:
+            probe = (f"{_pm(q['per'], q['per_std'])} | {_pm(q['frame_accuracy'], q['frame_accuracy_std'])}"
+                     if "per" in q else "- | -")  # fmt: skip
+            lines.append(f"| {line} | `{q['arm']}` | {q['steps']} | {q['compute_h']:.3g} | {q['seeds']} "
+                         f"| {_pm(q['wer'], q['wer_std'])} | {probe} |")  # fmt: skip
+    return [*lines, "", "![quality against pretraining compute](compute_curve.png)", ""]
+
+
+def _plot_curve(curves: dict[str, list[dict]], path: Path, test_set: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("wer", f"test WER % ({test_set})"), ("per", "probe PER % (frozen encoder)")]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, (key, title) in zip(axes, panels, strict=True):
+        for i, (line, points) in enumerate(curves.items()):
+            pts = [q for q in points if key in q]
+            if not pts:
+                continue
+            x = [q["compute_h"] for q in pts]
+            y = [q[key] for q in pts]
+            sd = [q.get(f"{key}_std") or 0 for q in pts]
+            ax.plot(x, y, "o-", color=f"C{i}", label=line)
+            ax.fill_between(x, [a - b for a, b in zip(y, sd, strict=True)],
+                            [a + b for a, b in zip(y, sd, strict=True)], color=f"C{i}", alpha=0.15)  # fmt: skip
+        ax.set_xscale("log")
+        ax.set_xlabel("pretraining compute (CPU hours, log)")
+        ax.set_title(title + ", mean ± sd over seeds")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def yardsticks(stats: dict, test_set: str) -> list[str]:

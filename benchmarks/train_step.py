@@ -89,7 +89,12 @@ def main() -> None:
         return
     arch = args.arch or ("base" if device == "cuda" else "tiny")
     results = {}
-    variants = (f"bestrq_{arch}", arch, f"{arch}:label_grad=straight_through", f"{arch}:label_input=masked")
+    variants = (
+        f"bestrq_{arch}",
+        arch,
+        f"{arch}:label_grad=straight_through",
+        f"{arch}:label_input=masked",
+    )
     for name in variants:
         proc = subprocess.run(
             [sys.executable, __file__, "--worker", name, "--steps", str(args.steps),

@@ -168,6 +168,10 @@ def test_quick_plan_runs_end_to_end_and_resumes(tmp_path):
     assert "## Making pretraining pay" in report and "(`bestrq_freeze`) | `scratch`" in report
     assert "--arms bestrq_freeze,scratch_lr5e-4" in report and "## Error types" in report
     assert f"`bestrq_cost_long` pretrains BEST-RQ for {max(12, round(12 * ratio))} steps" in report
+    # Two lengths of one method: the compute curve (quality against pretraining CPU time).
+    assert "## Quality against pretraining compute" in report
+    assert "| BEST-RQ, equal compute | `bestrq_cost_long` |" in report
+    assert (out / "compute_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_an_equal_compute_arm_of_another_form_reads_its_own_ratio():
