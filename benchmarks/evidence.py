@@ -332,6 +332,7 @@ def pretrain_summary(run: Path, layers: dict | None) -> dict:
         "enhanced_noise_free_perplexity": last.get(display("enhanced_noise_free_perplexity", q)),
         "anchor_perplexity": last.get(display("anchor_perplexity", PRETRAIN_METRICS)),
         "best_layer": None,
+        "label_layer": layers.get("label_layer") if layers else None,
     }
     if layers:
         blocks = {k: v for k, v in layers["streams"].items() if k.startswith("layer_")}
@@ -385,6 +386,12 @@ def analyse_probes(work: Path, results: dict) -> dict:
                         "best_layer_per_seed": [r["probe"]["best_layer"] for r in rs],
                         "frame_accuracy_per_seed": [r["probe"]["frame_accuracy"] for r in rs],
                         "per_per_seed": [r["probe"]["per"] for r in rs]}  # fmt: skip
+        at_label = [r["probe"]["layer_accuracy"].get(f"block_{r['pretrain']['label_layer']}")
+                    for r in rs if r["pretrain"].get("label_layer")]  # fmt: skip
+        if at_label and None not in at_label:
+            per_arm[arm]["label_layer_accuracy"], per_arm[arm]["label_layer_accuracy_std"] = (
+                mean_std(at_label)
+            )
     floors = {}
     for name in sorted({n for f in results["probe_floors"].values() for n in f}):
         rows = [f[name] for f in results["probe_floors"].values() if name in f]

@@ -213,14 +213,16 @@ def phone_probe_section(stats: dict) -> list[str]:
              "scored on the test speakers; 39 CMU phones and silence. Floors: the same "
              "architecture freshly initialised (per seed) and the stacked log-mel input.", "",
              "| encoder | seeds | best block per seed | frame accuracy % | PER % | "
-             "frame accuracy per seed | PER per seed |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
+             "frame accuracy per seed | PER per seed | frame accuracy % at the label layer |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for arm, a in probes["per_arm"].items():
         lines.append(
             f"| `{arm}` | {len(a['seeds'])} | {', '.join(b.replace('block_', '') for b in a['best_layer_per_seed'])} "
             f"| {_pm(a['frame_accuracy'], a['frame_accuracy_std'])} | {_pm(a['per'], a['per_std'])} "
             f"| {', '.join(f'{v:.1f}' for v in a['frame_accuracy_per_seed'])} "
-            f"| {', '.join(f'{v:.1f}' for v in a['per_per_seed'])} |"
+            f"| {', '.join(f'{v:.1f}' for v in a['per_per_seed'])} "
+            + (f"| {_pm(a['label_layer_accuracy'], a['label_layer_accuracy_std'])} |"
+               if "label_layer_accuracy" in a else "| - |")
         )  # fmt: skip
     for name, f in probes["floors"].items():
         title = {
@@ -229,7 +231,7 @@ def phone_probe_section(stats: dict) -> list[str]:
         }
         lines.append(
             f"| {title.get(name, name)} | {f['seeds']} | - | {_pm(f['frame_accuracy'], f['frame_accuracy_std'])} "
-            f"| {_pm(f['per'], f['per_std'])} | - | - |"
+            f"| {_pm(f['per'], f['per_std'])} | - | - | - |"
         )  # fmt: skip
     lines += ["", "Mean ± standard deviation over seeds.", ""]
     if probes["comparisons"]:
