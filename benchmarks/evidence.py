@@ -171,9 +171,10 @@ def label_analysis(run: Path, data: Layout, budget: Budget) -> dict | None:
         return None
 
 
-def phone_probes(run: Path, data: Layout, budget: Budget, floors: Path) -> dict | None:
+def phone_probes(run: Path, data: Layout, budget: Budget, floors: Path, seed: int) -> dict | None:
     """birq-probe of a pretrained encoder (run/probe/probe.json), and once per seed the
-    floors (`floors`/probe.json: that architecture freshly initialised, the fbank input);
+    floors (`floors`/probe.json: that architecture freshly initialised with the plan's
+    seed, the fbank input); the probes themselves train with one seed for every encoder.
     None on a corpus without phone alignments."""
     from birq_fs2.cli.probe import run_probes
     from birq_fs2.data.alignments import AlignmentError
@@ -188,6 +189,7 @@ def phone_probes(run: Path, data: Layout, budget: Budget, floors: Path) -> dict 
         for out, only_floors in ((floors, True), (run / "probe", False)):
             if not (out / "probe.json").exists():
                 run_probes([f"{run.name}={run}"], data.corpus, floors=False, only_floors=only_floors,
+                           init_seed=seed,
                            out_dir=out, **kw)  # fmt: skip
     except (CorpusError, AlignmentError) as ex:
         print(f"evidence: no phone probes of {run.name}: {ex}", file=sys.stderr)
@@ -624,7 +626,7 @@ class Runner:
                              work, data, source, seed, steps, budget)  # fmt: skip
         label_analysis(encoder, data, budget)
         self.timed(f"probe-{source}-s{seed}", (encoder / "probe" / "probe.json").exists(),
-                   phone_probes, encoder, data, budget, work / "probe" / f"floors-s{seed}")  # fmt: skip
+                   phone_probes, encoder, data, budget, work / "probe" / f"floors-s{seed}", seed)  # fmt: skip
         return encoder
 
     def run_arm(self, arm: str, seed: int, cost_seed: int) -> None:

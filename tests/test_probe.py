@@ -110,6 +110,12 @@ def test_a_phonetic_encoder_probes_better_than_a_random_one(aligned_corpus, pret
     source = resolve_model(pretrained_run)
     random_model = source.initial_model(0)
     phonetic = source.initial_model(0)
+    # The random floor is one initialisation per seed: the same seed, the same weights.
+    w = [
+        m.encoder.layers[0].ffn1.inner_proj.weight
+        for m in (random_model, phonetic, source.initial_model(1))
+    ]
+    assert torch.equal(w[0], w[1]) and not torch.equal(w[0], w[2])
     _phonetic(phonetic, aligned_utterances(aligned_corpus, "train", 200))
     config = ProbeConfig(epochs=8, recogniser_epochs=30)
     streams = ["block_1", "block_2", "block_3", "block_4"]

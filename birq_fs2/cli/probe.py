@@ -49,11 +49,13 @@ def run_probes(
     train_utterances: int = 600,
     eval_utterances: int = 200,
     config: ProbeConfig | None = None,
+    init_seed: int | None = None,
     out_dir: Path | None = None,
     log=print,
 ) -> dict:
     """Probes every encoder of `models` ([NAME=]SPEC) on `data` and the floors (with
-    `only_floors`: the floors of the first model alone); the result probe.json holds."""
+    `only_floors`: the floors of the first model alone; the random one initialised with
+    `init_seed`, default the probes' seed); the result probe.json holds."""
     config = config or ProbeConfig()
     limits = (train_utterances, eval_utterances, eval_utterances)
     corpus = {
@@ -99,8 +101,9 @@ def run_probes(
     if (floors or only_floors) and first is not None:
         source, model = first
         features = source.feature_config()
-        probe("random", "random", f"{_named(models[0])[1]} (initialisation, seed {config.seed})",
-              source.initial_model(config.seed), features, streams)  # fmt: skip
+        init = config.seed if init_seed is None else init_seed
+        probe("random", "random", f"{_named(models[0])[1]} (initialisation, seed {init})",
+              source.initial_model(init), features, streams)  # fmt: skip
         probe(INPUT, "input", "stacked log-mel input", model, features, [INPUT])
     result = {
         "data": str(data), "splits": dict(zip(SPLIT_ROLES, splits, strict=True)),
