@@ -604,9 +604,11 @@ class Runner:
         minutes = ARMS[arm].labelled_minutes
         if minutes is None:
             return self.fraction
-        fraction, held, _ = labelled_fraction(self.data, minutes)
-        self.meta.setdefault("labelled_by_arm", {})[arm] = {"fraction": fraction, "minutes": held}
-        return fraction
+        known = self.meta.setdefault("labelled_by_arm", {})
+        if arm not in known:  # reads every training file's header: once per runner and arm
+            fraction, held, _ = labelled_fraction(self.data, minutes)
+            known[arm] = {"fraction": fraction, "minutes": held}
+        return known[arm]["fraction"]
 
     def encoder(self, source: str, seed: int, cost_seed: int) -> Path:
         """The pretraining run of arm `source` (trained or resumed here) and its layer
