@@ -227,6 +227,28 @@ def labelled_fraction(data: Layout, minutes: float) -> tuple[float, float, float
 THROUGHPUT_RESULT = ROOT / "benchmarks" / "results" / "throughput" / "throughput.json"
 
 
+def kept_in_plan(work: Path, keys: tuple[str, ...], measure) -> dict:
+    """plan.json's entry at `keys` (nested), from `measure()` on first use and kept, so that
+    every seed and length of a plan reads the same value."""
+    plan_file = work / "plan.json"
+    plan = json.loads(plan_file.read_text()) if plan_file.exists() else {}
+    *parents, leaf = keys
+    node = plan
+    for key in parents:
+        node = node.setdefault(key, {})
+    if leaf not in node:
+        node[leaf] = measure()
+        plan_file.write_text(json.dumps(plan, indent=2) + "\n")
+    return node[leaf]
+
+
+def _measured_ratio(birq_s: float, bestrq_s: float, measured_on: str) -> dict:
+    return {
+        "birq_s_per_step": round(birq_s, 4), "bestrq_s_per_step": round(bestrq_s, 4),
+        "ratio": round(birq_s / bestrq_s, 3), "measured_on": measured_on,
+    }  # fmt: skip
+
+
 def measured_step_cost(
     work: Path, data: Layout, budget: Budget, seed: int, source: Path | None = THROUGHPUT_RESULT
 ) -> dict:
@@ -238,27 +260,21 @@ def measured_step_cost(
     exists; with `source=None` (`--step-cost measure`) from this plan's own seed-`seed`
     runs at the budget's steps, as earlier plans did (a runner sharing the cores skews it:
     1.30 measured so against 1.18 side by side)."""
-    plan_file = work / "plan.json"
-    plan = json.loads(plan_file.read_text()) if plan_file.exists() else {}
-    if "equal_cost" not in plan:
+
+    def measure() -> dict:
         if source is not None and source.exists():
             side = json.loads(source.read_text())
             ratio = side["birq_over_bestrq"]
-            plan["equal_cost"] = {
+            return {
                 "birq_s_per_step": ratio["birq_s_per_step"], "bestrq_s_per_step": ratio["bestrq_s_per_step"],
                 "ratio": ratio["ratio"],
                 "measured_on": f"side by side by benchmarks/train_throughput.py on {side['machine']}",
             }  # fmt: skip
-        else:
-            birq = pretrain(work, data, "birq", seed, budget.pretrain_steps, budget)
-            bestrq = pretrain(work, data, "bestrq", seed, budget.pretrain_steps, budget)
-            birq_s, bestrq_s = compute_per_step(birq), compute_per_step(bestrq)
-            plan["equal_cost"] = {
-                "birq_s_per_step": round(birq_s, 4), "bestrq_s_per_step": round(bestrq_s, 4),
-                "ratio": round(birq_s / bestrq_s, 3), "measured_on": f"seed {seed}",
-            }  # fmt: skip
-        plan_file.write_text(json.dumps(plan, indent=2) + "\n")
-    return plan["equal_cost"]
+        birq = pretrain(work, data, "birq", seed, budget.pretrain_steps, budget)
+        bestrq = pretrain(work, data, "bestrq", seed, budget.pretrain_steps, budget)
+        return _measured_ratio(compute_per_step(birq), compute_per_step(bestrq), f"seed {seed}")
+
+    return kept_in_plan(work, ("equal_cost",), measure)
 
 
 FORM_COST_STEPS, FORM_COST_REPEATS = 100, 2
@@ -272,10 +288,8 @@ def measured_form_cost(
     steps, seed `seed`, under <work>/cost/) interleaved form, BEST-RQ, form, BEST-RQ, so that
     whatever else loads the machine hits both alike; the median of fairseq2's Compute Time
     per step of each (the method of benchmarks/train_throughput.py, on this plan's data)."""
-    plan_file = work / "plan.json"
-    plan = json.loads(plan_file.read_text()) if plan_file.exists() else {}
-    costs = plan.setdefault("equal_cost_of", {})
-    if form not in costs:
+
+    def measure() -> dict:
         steps = min(FORM_COST_STEPS, round(budget.pretrain_steps * ARMS[form].pretrain_scale))
         per_step: dict[str, list[float]] = {form: [], bestrq: []}
         for repeat in range(FORM_COST_REPEATS):
@@ -283,14 +297,11 @@ def measured_form_cost(
                 run = _recipe(work, data, "pretrain", work / "cost" / f"{arm}-r{repeat}", seed,
                               steps, steps, pretrain_overrides(arm, steps))  # fmt: skip
                 per_step[arm].append(compute_per_step(run))
-        form_s, bestrq_s = (statistics.median(per_step[a]) for a in (form, bestrq))
-        costs[form] = {
-            "birq_s_per_step": round(form_s, 4), "bestrq_s_per_step": round(bestrq_s, 4),
-            "ratio": round(form_s / bestrq_s, 3), "arms": [form, bestrq],
-            "measured_on": f"interleaved {FORM_COST_REPEATS} x {steps}-step runs of each, seed {seed}, on this plan's data",
-        }  # fmt: skip
-        plan_file.write_text(json.dumps(plan, indent=2) + "\n")
-    return costs[form]
+        on = f"interleaved {FORM_COST_REPEATS} x {steps}-step runs of each, seed {seed}, on this plan's data"
+        medians = (statistics.median(per_step[a]) for a in (form, bestrq))
+        return {**_measured_ratio(*medians, on), "arms": [form, bestrq]}
+
+    return kept_in_plan(work, ("equal_cost_of", form), measure)
 
 
 # --- results ---------------------------------------------------------------------------
