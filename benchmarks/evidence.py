@@ -37,7 +37,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -60,6 +62,7 @@ from evidence_plan import (  # noqa: E402
 from evidence_report import write_report  # noqa: E402
 
 from birq_fs2.experiments.runs import (  # noqa: E402
+    RunLocked,
     compute_per_step,
     finished,
     metric_rows,
@@ -67,6 +70,7 @@ from birq_fs2.experiments.runs import (  # noqa: E402
     recipe_command,
     run_command,
     run_lock,
+    waiting_lock,
 )
 from birq_fs2.experiments.stats import bootstrap_difference, mean_std  # noqa: E402
 from birq_fs2.metrics import (  # noqa: E402
@@ -188,9 +192,11 @@ def phone_probes(run: Path, data: Layout, budget: Budget, floors: Path, seed: in
     try:
         for out, only_floors in ((floors, True), (run / "probe", False)):
             if not (out / "probe.json").exists():
-                run_probes([f"{run.name}={run}"], data.corpus, floors=False, only_floors=only_floors,
-                           init_seed=seed,
-                           out_dir=out, **kw)  # fmt: skip
+                # the floors are one seed's, shared by every encoder of that seed
+                with run_lock(out.parent / f"{out.name}.lock", f"phone probes {out.name}"):
+                    if not (out / "probe.json").exists():  # done while this runner waited
+                        run_probes([f"{run.name}={run}"], data.corpus, floors=False,
+                                   only_floors=only_floors, init_seed=seed, out_dir=out, **kw)  # fmt: skip
     except (CorpusError, AlignmentError) as ex:
         print(f"evidence: no phone probes of {run.name}: {ex}", file=sys.stderr)
         return None
@@ -231,14 +237,23 @@ def kept_in_plan(work: Path, keys: tuple[str, ...], measure) -> dict:
     """plan.json's entry at `keys` (nested), from `measure()` on first use and kept, so that
     every seed and length of a plan reads the same value."""
     plan_file = work / "plan.json"
-    plan = json.loads(plan_file.read_text()) if plan_file.exists() else {}
     *parents, leaf = keys
-    node = plan
-    for key in parents:
-        node = node.setdefault(key, {})
-    if leaf not in node:
-        node[leaf] = measure()
-        plan_file.write_text(json.dumps(plan, indent=2) + "\n")
+
+    def entry() -> tuple[dict, dict]:
+        plan = json.loads(plan_file.read_text()) if plan_file.exists() else {}
+        node = plan
+        for key in parents:
+            node = node.setdefault(key, {})
+        return plan, node
+
+    if leaf in (node := entry()[1]):
+        return node[leaf]
+    value = measure()  # its runs hold their own locks: another runner waits for them
+    with waiting_lock(work / "locks" / "plan.lock"):  # runners sharing the folder add keys
+        plan, node = entry()
+        if leaf not in node:  # the first measurement to finish is the plan's
+            node[leaf] = value
+            plan_file.write_text(json.dumps(plan, indent=2) + "\n")
     return node[leaf]
 
 
@@ -537,6 +552,12 @@ def _parser() -> argparse.ArgumentParser:
         help="BiRQ/BEST-RQ step-cost ratio of a new plan: the side-by-side benchmark's result "
         "(default) or 'measure' in the plan's own seed-0 runs",
     )
+    parser.add_argument(
+        "--jobs", type=int, default=1, metavar="N",
+        help="runs at a time: N runners share the work folder, each with cores/N intra-op "
+        "threads (on 2 cores, 2 jobs of 1 thread do 1.66x the steps per hour of one 2-thread "
+        "run: benchmarks/results/throughput)",
+    )  # fmt: skip
     parser.add_argument("--report-only", action="store_true",
                         help="rewrite the report from the runs that exist; run nothing")  # fmt: skip
     return parser
@@ -588,25 +609,29 @@ class Runner:
 
     def report(self) -> None:
         set_names = [s[0] for s in self.test_sets]
+        if (plan := self.work / "plan.json").exists():  # what runners sharing it measured
+            self.meta.update(json.loads(plan.read_text()))
         results = collect(self.work, set_names)
         for arm in sorted({r["arm"] for r in results["runs"]}, key=list(ARMS).index):
             if ARMS[arm].labelled_minutes is not None:
                 self.labelled(arm)  # the report names each arm's own labelled size
         if results["runs"]:
             stats = analyse_results(self.work, results, set_names)
-            write_report(self.out, self.budget_name, self.budget, {**self.meta, "wall_s": self.walls},
-                         results, stats, set_names)  # fmt: skip
+            with waiting_lock(self.work / "locks" / "report.lock"):  # runners sharing the folder
+                write_report(self.out, self.budget_name, self.budget, {**self.meta, "wall_s": self.walls},
+                             results, stats, set_names)  # fmt: skip
 
     def timed(self, key: str, done: bool, fn, *a):
         """fn(*a), its wall-clock time added to wall_s.json unless it had nothing to do."""
         started = time.perf_counter()
         result = fn(*a)
         if not done:  # re-read: another runner (other arms) may share the work folder
-            self.walls.update(
-                json.loads(self.wall_file.read_text()) if self.wall_file.exists() else {}
-            )
-            self.walls[key] = round(self.walls.get(key, 0) + time.perf_counter() - started, 1)
-            self.wall_file.write_text(json.dumps(self.walls, indent=2) + "\n")
+            with waiting_lock(self.work / "locks" / "wall_s.lock"):
+                self.walls.update(
+                    json.loads(self.wall_file.read_text()) if self.wall_file.exists() else {}
+                )
+                self.walls[key] = round(self.walls.get(key, 0) + time.perf_counter() - started, 1)
+                self.wall_file.write_text(json.dumps(self.walls, indent=2) + "\n")
         return result
 
     def labelled(self, arm: str) -> float:
@@ -624,6 +649,11 @@ class Runner:
     def encoder(self, source: str, seed: int, cost_seed: int) -> Path:
         """The pretraining run of arm `source` (trained or resumed here) and its layer
         analysis; an equal-cost arm first reads (or measures, on `cost_seed`) the ratio."""
+        with run_lock(self.work / "locks" / f"encoder-{source}-s{seed}.lock",
+                      f"the encoder {source}-s{seed}"):  # fmt: skip
+            return self._encoder(source, seed, cost_seed)
+
+    def _encoder(self, source: str, seed: int, cost_seed: int) -> Path:
         work, data, budget = self.work, self.data, self.budget
         spec = ARMS[source]
         if spec.equal_cost and spec.cost_of:
@@ -657,6 +687,32 @@ class Runner:
         self.report()
         print(f"evidence: {arm} seed {seed} done", file=sys.stderr, flush=True)
 
+    def scored(self, arm: str, seed: int) -> bool:
+        return all(
+            (self.work / "eval" / s[0] / f"{arm}-s{seed}" / "summary.json").exists()
+            for s in self.test_sets
+        )
+
+    def run_plan(self, tasks: list[tuple[str, int]], cost_seed: int, poll_s: float = 30.0) -> None:
+        """Every (arm, seed) in order, as one of the runners sharing the work folder: a task
+        another runner holds (or whose encoder, cost runs or floors it is making) waits
+        while this runner does the next one, and is taken up again when free."""
+        pending = [t for t in tasks if not self.scored(*t)]
+        while pending:
+            held = []
+            for arm, seed in pending:
+                try:
+                    with run_lock(self.work / "locks" / f"task-{arm}-s{seed}.lock",
+                                  f"{arm} seed {seed}"):  # fmt: skip
+                        if not self.scored(arm, seed):
+                            self.run_arm(arm, seed, cost_seed)
+                except RunLocked as ex:
+                    print(f"evidence: later: {ex}", file=sys.stderr, flush=True)
+                    held.append((arm, seed))
+            if held and len(held) == len(pending):  # all held elsewhere: wait for them
+                time.sleep(poll_s)
+            pending = [t for t in held if not self.scored(*t)]
+
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
@@ -678,14 +734,37 @@ def main(argv: list[str] | None = None) -> int:
         meta.update(json.loads((work / "plan.json").read_text()))
     runner = Runner(work, data, args.budget, budget, _test_sets(data, args.eval_data), fraction,
                     meta, args.out, args.step_cost)  # fmt: skip
-    if args.report_only:
+    if args.jobs > 1 and not args.report_only:
+        run_jobs(argv, args.jobs)
+        runner.report()
+    elif args.report_only:
         runner.report()
     else:
-        for seed in seeds:
-            for arm in arms:
-                runner.run_arm(arm, seed, seeds[0])
+        runner.run_plan([(arm, seed) for seed in seeds for arm in arms], seeds[0])
     print(args.out / "REPORT.md")
     return 0
+
+
+def job_threads(jobs: int) -> int:
+    """Intra-op threads of each of `jobs` runners: the cores this process may use, shared."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) // jobs)
+
+
+def run_jobs(argv: list[str], jobs: int) -> None:
+    """`jobs` runners of the same plan on the same work folder (`Runner.run_plan` shares the
+    tasks out), each with its share of the cores; a failed runner fails the plan after the
+    others finish what they hold."""
+    threads = str(job_threads(jobs))
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--jobs", "1"]
+    print(f"evidence: {jobs} runners of {threads} thread(s) each", file=sys.stderr, flush=True)
+    procs = []
+    for i in range(jobs):
+        procs.append(subprocess.Popen(cmd, env=env))
+        time.sleep(5 if i + 1 < jobs else 0)  # the first claims its task before the next looks
+    if failed := [p.args for p in procs if p.wait() != 0]:
+        raise SystemExit(f"evidence: {len(failed)} of {jobs} runners failed (their errors above)")
 
 
 if __name__ == "__main__":

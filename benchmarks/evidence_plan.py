@@ -229,6 +229,24 @@ CURVES = {
     "BiRQ, paper + label_grad_scale 0.01": ("birq_long_paper",),
 }
 """The compute curve's lines: the same method at growing pretraining lengths."""
+CURVE_STEP_COST = {
+    "BEST-RQ": "bestrq", "BiRQ (defaults)": "birq", "BEST-RQ, equal compute": "bestrq",
+    "BiRQ, paper + label_grad_scale 0.01": "birq_long_paper",
+}  # fmt: skip
+"""Whose measured step cost prices a line's steps: "bestrq" and "birq" from the plan's
+equal_cost (the side-by-side benchmark), another form from its equal_cost_of entry."""
+
+
+def step_seconds(kind: str, meta: dict) -> float | None:
+    """The plan's measured seconds per pretraining step of `kind` (CURVE_STEP_COST's
+    values), on one footing: the side-by-side BEST-RQ step; None when not measured."""
+    side = meta.get("equal_cost")
+    if side is None:
+        return None
+    if kind in ("bestrq", "birq"):
+        return side[f"{kind}_s_per_step"]
+    form = meta.get("equal_cost_of", {}).get(kind)
+    return None if form is None else form["ratio"] * side["bestrq_s_per_step"]
 
 
 @dataclass(frozen=True)

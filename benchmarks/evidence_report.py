@@ -7,7 +7,15 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from evidence_plan import ARMS, CURVES, SUBSET_SEED, Budget, arm_pretrain_steps
+from evidence_plan import (
+    ARMS,
+    CURVE_STEP_COST,
+    CURVES,
+    SUBSET_SEED,
+    Budget,
+    arm_pretrain_steps,
+    step_seconds,
+)
 
 from birq_fs2.experiments.stats import interval_sign, mean_std
 
@@ -30,7 +38,7 @@ def write_report(
         *_other_sets_table(stats, test_sets),
         *(line for s in test_sets for line in _differences(stats["comparisons"].get(s, {}), s)),
         *phone_probe_section(stats),
-        *compute_curve(results, stats, main_set, out),
+        *compute_curve(results, stats, main_set, out, meta),
         *error_section(results, stats, main_set),
         *probe_section(results, stats, main_set),
         "## Reading", "", *reading(stats, main_set), *yardsticks(stats, main_set), "",
@@ -250,11 +258,19 @@ def phone_probe_section(stats: dict) -> list[str]:
     return lines
 
 
-def curve_points(results: dict, stats: dict, test_set: str) -> dict[str, list[dict]]:
+def curve_points(
+    results: dict, stats: dict, test_set: str, meta: dict
+) -> tuple[dict[str, list[dict]], bool]:
     """Per line of CURVES, the arms that have runs, in order: pretraining steps, compute
-    (each run's own steps x its fairseq2 Compute Time per step, in CPU hours), test WER and
-    the probes' PER and frame accuracy, each as mean and sd over seeds."""
+    in CPU hours, test WER and the probes' PER and frame accuracy, each as mean and sd over
+    seeds; and whether compute is priced by the plan's side-by-side step costs (steps x
+    the method's measured seconds per step: the same price whatever else shared the cores
+    with a run, as under --jobs) rather than by each run's own timer (when some line's
+    method was not measured in this plan)."""
     probes = (stats.get("probes") or {}).get("per_arm", {})
+    priced = {line: step_seconds(CURVE_STEP_COST[line], meta) for line in CURVES}
+    used = [line for line, arms in CURVES.items() if any(r["arm"] in arms for r in results["runs"])]
+    side_by_side = all(priced[line] is not None for line in used)
     curves: dict[str, list[dict]] = {}
     for line, arms in CURVES.items():
         for arm in arms:
@@ -262,7 +278,10 @@ def curve_points(results: dict, stats: dict, test_set: str) -> dict[str, list[di
             if not runs:
                 continue
             hours = [
-                r["pretrain"]["steps"] * r["pretrain"]["compute_s_per_step"] / 3600 for r in runs
+                r["pretrain"]["steps"]
+                * (priced[line] if side_by_side else r["pretrain"]["compute_s_per_step"])
+                / 3600
+                for r in runs
             ]
             wer = stats["per_arm"][arm][test_set]
             point = {"arm": arm, "steps": runs[0]["pretrain"]["steps"], "seeds": len(runs),
@@ -275,19 +294,26 @@ def curve_points(results: dict, stats: dict, test_set: str) -> dict[str, list[di
                     }
                 )
             curves.setdefault(line, []).append(point)
-    return curves
+    return curves, side_by_side
 
 
-def compute_curve(results: dict, stats: dict, test_set: str, out: Path) -> list[str]:
+def compute_curve(results: dict, stats: dict, test_set: str, out: Path, meta: dict) -> list[str]:
     """Quality against pretraining compute (a table and compute_curve.png) once some line
     has two lengths."""
-    curves = curve_points(results, stats, test_set)
+    curves, side_by_side = curve_points(results, stats, test_set, meta)
     if not any(len(points) > 1 for points in curves.values()):
         return []
     _plot_curve(curves, out / "compute_curve.png", test_set)
+    priced = (
+        "its steps x its method's seconds per step as this plan measured them side by side "
+        "(plan.json: BEST-RQ and BiRQ's step costs, and each other form's ratio to BEST-RQ), so "
+        "a run that shared the cores with another runner costs what it would alone"
+        if side_by_side
+        else "its steps x its own fairseq2 Compute Time per step (data loading and validation "
+        "left out)"
+    )
     lines = ["## Quality against pretraining compute", "",
-             "Each arm's pretraining compute: its steps x its own fairseq2 Compute Time per step "
-             "(data loading and validation left out), CPU hours on this machine, mean over seeds.",
+             f"Each arm's pretraining compute: {priced}; CPU hours on this machine, mean over seeds.",
              "", "| method | arm | steps | compute (CPU h) | seeds | test WER % | probe PER % | "
              "probe frame accuracy % |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for line, points in curves.items():

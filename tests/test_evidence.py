@@ -67,6 +67,46 @@ def test_a_run_in_flight_is_not_started_twice(tmp_path):
         pass
 
 
+def test_runners_sharing_a_plan_do_what_is_free_and_come_back(tmp_path, capsys):
+    """Runner.run_plan: a task another runner holds waits while this one does the next,
+    and is done once it is free (what `--jobs N`'s runners rely on)."""
+    import threading
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from evidence import Runner
+
+    runner = object.__new__(Runner)  # only the work folder and the task hooks matter here
+    runner.work, done, order = tmp_path, set(), []
+    runner.scored = lambda arm, seed: (arm, seed) in done
+
+    def run_arm(arm, seed, cost_seed):
+        order.append(arm)
+        done.add((arm, seed))
+
+    runner.run_arm = run_arm
+    held = run_lock(tmp_path / "locks" / "task-bestrq-s0.lock", "bestrq seed 0")
+    held.__enter__()  # another runner works on bestrq seed 0 ...
+    threading.Timer(0.3, held.__exit__, (None, None, None)).start()  # ... and stops
+    runner.run_plan([("bestrq", 0), ("birq", 0)], cost_seed=0, poll_s=0.1)
+    assert order == ["birq", "bestrq"]
+    assert "evidence: later: bestrq seed 0: another evidence runner" in capsys.readouterr().err
+    runner.run_plan([("birq", 0), ("bestrq", 0)], cost_seed=0)  # done: nothing runs again
+    assert order == ["birq", "bestrq"]
+
+
+def test_the_compute_curve_prices_steps_by_the_plans_side_by_side_costs():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from evidence_plan import CURVE_STEP_COST, CURVES, step_seconds
+
+    meta = {"equal_cost": {"birq_s_per_step": 0.36, "bestrq_s_per_step": 0.3, "ratio": 1.2},
+            "equal_cost_of": {"birq_long_paper": {"ratio": 1.5, "bestrq_s_per_step": 0.45}}}  # fmt: skip
+    assert set(CURVE_STEP_COST) == set(CURVES)
+    assert step_seconds("bestrq", meta) == 0.3 and step_seconds("birq", meta) == 0.36
+    # another form: its own ratio to BEST-RQ, on the side-by-side BEST-RQ step
+    assert step_seconds("birq_long_paper", meta) == pytest.approx(0.45)
+    assert step_seconds("birq", {}) is None  # not measured: each run's own timer instead
+
+
 def test_recipe_runs_are_launched_and_read_alike(tmp_path):
     cmd = recipe_command("pretrain", tmp_path / "run", tmp_path / "corpus", "common.seed=3")
     assert cmd[1:] == ["-m", "birq_fs2.recipes.pretrain", str(tmp_path / "run"), "--config-file",
@@ -96,8 +136,12 @@ def test_quick_plan_runs_end_to_end_and_resumes(tmp_path):
     work, out = tmp_path / "work", tmp_path / "out"
     cmd = [sys.executable, str(ROOT / "benchmarks" / "evidence.py"), "--budget", "quick",
            "--work", str(work), "--out", str(out), "--eval-data", f"{FIXTURES}:dev-tiny"]  # fmt: skip
-    proc = run([*cmd, "--arms", "comparison"], timeout=900)
+    # Two runners of one thread each share the plan's tasks (--jobs 2).
+    proc = run([*cmd, "--arms", "comparison", "--jobs", "2"], timeout=900)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert "evidence: 2 runners of 1 thread(s) each" in proc.stderr
+    for what in ("pretraining bestrq-s0", "pretraining birq-s0", "fine-tuning scratch-s0"):
+        assert proc.stderr.count(f"evidence: {what} ...") == 1  # each run once, by one runner
     result = json.loads((out / "results.json").read_text())
     arms = ["scratch", "bestrq", "birq", "bestrq_cost"]
     assert [r["arm"] for r in result["runs"]] == arms
@@ -170,6 +214,7 @@ def test_quick_plan_runs_end_to_end_and_resumes(tmp_path):
     assert f"`bestrq_cost_long` pretrains BEST-RQ for {max(12, round(12 * ratio))} steps" in report
     # Two lengths of one method: the compute curve (quality against pretraining CPU time).
     assert "## Quality against pretraining compute" in report
+    assert "seconds per step as this plan measured them side by side" in report
     assert "| BEST-RQ, equal compute | `bestrq_cost_long` |" in report
     assert (out / "compute_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -76,10 +76,17 @@ def run_command(cmd: list[str], log: Path, what: str, *, tag: str = "evidence") 
     return time.perf_counter() - started
 
 
+class RunLocked(RuntimeError):
+    """Another runner holds this run (or this step of a plan) now: a runner sharing the
+    work folder does something else and comes back to it."""
+
+
 @contextlib.contextmanager
 def run_lock(path: Path, what: str) -> Iterator[None]:
-    """Two runners on one work folder (the comparison and the probes) must not train the
-    same run at once: the second stops with this error instead of corrupting the first."""
+    """Two runners on one work folder (the comparison and the probes, or the workers of
+    `--jobs`) must not train the same run at once: the second gets RunLocked instead of
+    corrupting the first. The lock goes with the process (flock), so a killed runner
+    leaves none behind."""
     import fcntl
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -87,10 +94,21 @@ def run_lock(path: Path, what: str) -> Iterator[None]:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RuntimeError(
+            raise RunLocked(
                 f"{what}: another evidence runner is running it now ({path} is locked); "
                 "run the other arms or seeds, or wait for it."
             ) from None
+        yield
+
+
+@contextlib.contextmanager
+def waiting_lock(path: Path) -> Iterator[None]:
+    """A short critical section (a read-modify-write of a shared file) that waits its turn."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
         yield
 
 
