@@ -65,6 +65,14 @@ LOSS_KEY = {"pretrain": "Loss", "finetune": "CTC Loss"}
 def run_recipe(
     work: Path, corpus: Path, model: str, path: str, seed: int, steps: int, tag: str
 ) -> dict:
+    return finish_recipe(start_recipe(work, corpus, model, path, seed, steps, tag))
+
+
+def start_recipe(
+    work: Path, corpus: Path, model: str, path: str, seed: int, steps: int, tag: str,
+    threads: int | None = None,
+) -> dict:  # fmt: skip
+    """Launches one recipe run (with `threads` intra-op threads, default torch's)."""
     recipe, extra = MODELS[model]
     preset = PRETRAIN_PRESET if recipe == "pretrain" else FINETUNE_PRESET
     # The presets' cadence (pretraining: 2 validations per run; fine-tuning: 3), in
@@ -81,14 +89,23 @@ def run_recipe(
         *extra, *PATHS[path],
     ]  # fmt: skip
     print(f"throughput: {model} {path} seed {seed} ({tag}) ...", file=sys.stderr, flush=True)
-    started = time.perf_counter()
+    env = {**os.environ, "FAIRSEQ2_NO_PROGRESS": "1"}
+    if threads is not None:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     log = work / "logs" / f"{out.name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w") as f:
-        proc = subprocess.run(
-            cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "FAIRSEQ2_NO_PROGRESS": "1"}
-        )
-    wall = time.perf_counter() - started
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+    return {"proc": proc, "started": time.perf_counter(), "out": out, "log": log, "recipe": recipe,
+            "model": model, "path": path, "seed": seed, "steps": steps}  # fmt: skip
+
+
+def finish_recipe(launched: dict) -> dict:
+    """Waits for a started run and reads its steady-state step times from its metrics."""
+    proc, out, log, recipe = (launched[k] for k in ("proc", "out", "log", "recipe"))
+    model, path, seed, steps = (launched[k] for k in ("model", "path", "seed", "steps"))
+    proc.wait()
+    wall = time.perf_counter() - launched["started"]
     if proc.returncode != 0:
         raise RuntimeError(
             f"{out.name} failed (exit {proc.returncode}); log {log}:\n{log.read_text()[-2000:]}"
@@ -218,6 +235,81 @@ def profile_all(corpus: Path, models: list[str], args: argparse.Namespace) -> li
         for model in models if MODELS[model][0] == "pretrain"
         for path in ("stock", "fast")
     ]  # fmt: skip
+
+
+# --- 3. experiments per hour ----------------------------------------------------------
+
+JOB_WAYS = {
+    "stock path, one run at a time": ("stock", 1),
+    "fast path, one run at a time": ("fast", 1),
+    "fast path, 2 runs at once": ("fast", 2),
+}
+"""How a pair of pretraining runs (BEST-RQ and BiRQ) shares the machine: the path and the
+runs at once (each with cores / runs intra-op threads; one at a time: torch's default)."""
+
+
+def job_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def measure_jobs(work: Path, corpus: Path, steps: int, repeats: int) -> dict:
+    """The same pair of pretraining runs (BEST-RQ and BiRQ tiny, `steps` steps each) done
+    each way of JOB_WAYS, the ways interleaved within every repeat; the pair's wall time from
+    the first launch to the last exit (start-up, validation and checkpoints included; the
+    shorter run of a pair at once leaves its cores idle at the end, as a plan's last task
+    would)."""
+    cores = job_cores()
+    rows: dict[str, list[dict]] = {way: [] for way in JOB_WAYS}
+    for rep in range(repeats):
+        for way, (path, jobs) in JOB_WAYS.items():
+            tag = f"jobs{jobs}-r{rep}"
+            started = time.perf_counter()
+            if jobs == 1:
+                runs = [
+                    run_recipe(work, corpus, m, path, 0, steps, tag) for m in ("bestrq", "birq")
+                ]
+            else:
+                launched = [start_recipe(work, corpus, m, path, 0, steps, tag, max(1, cores // jobs))
+                            for m in ("bestrq", "birq")]  # fmt: skip
+                runs = [finish_recipe(x) for x in launched]
+            rows[way].append({
+                "wall_s": round(time.perf_counter() - started, 2),
+                "s_per_step": {r["model"]: round(r["s_per_step"], 4) for r in runs},
+                "final_loss": {r["model"]: round(final_loss(r), 4) for r in runs},
+            })  # fmt: skip
+    base = rows[next(iter(JOB_WAYS))]
+    summary = {}
+    for way, (path, jobs) in JOB_WAYS.items():
+        walls = [r["wall_s"] for r in rows[way]]
+        summary[way] = {
+            "path": path, "runs_at_once": jobs, "threads_per_run": cores // jobs if jobs > 1 else None,
+            "pair_wall_s": statistics.mean(walls), "pair_wall_s_all": walls,
+            "pretrain_steps_per_hour": 2 * steps * 3600 / statistics.mean(walls),
+            "x_stock_all": [round(b["wall_s"] / r["wall_s"], 3) for b, r in zip(base, rows[way], strict=True)],
+            "s_per_step": {m: statistics.mean(r["s_per_step"][m] for r in rows[way]) for m in ("bestrq", "birq")},
+        }  # fmt: skip
+        summary[way]["x_stock"] = statistics.mean(summary[way]["x_stock_all"])
+    return {"cores": cores, "steps": steps, "repeats": repeats, "ways": summary, "runs": rows}
+
+
+def jobs_lines(jobs: dict) -> list[str]:
+    """The report's "experiments per hour" section."""
+    lines = ["", "## Experiments per hour: runs at once", "",
+             f"The same pair of pretraining runs (BEST-RQ and BiRQ tiny, {jobs['steps']} steps each, "
+             f"the CPU preset) done three ways on {jobs['cores']} cores, interleaved within each of "
+             f"{jobs['repeats']} repeats; the pair's wall time from the first launch to the last exit "
+             "(start-up, validation and checkpoints included). Runs at once get cores / runs intra-op "
+             "threads each (`benchmarks/evidence.py --jobs 2` does this for a whole plan).", "",
+             "| way | pair wall s (per repeat) | pretraining steps per hour | x stock, one at a time | "
+             "s/step of each run (BEST-RQ, BiRQ) |", "|---|---|---|---|---|"]  # fmt: skip
+    for way, w in jobs["ways"].items():
+        lines.append(
+            f"| {way} | {w['pair_wall_s']:.0f} ({', '.join(f'{x:.0f}' for x in w['pair_wall_s_all'])}) "
+            f"| {w['pretrain_steps_per_hour']:.0f} | **{w['x_stock']:.2f}x** "
+            f"({', '.join(f'{x:.2f}' for x in w['x_stock_all'])}) | "
+            f"{w['s_per_step']['bestrq']:.3f}, {w['s_per_step']['birq']:.3f} |"
+        )
+    return lines
 
 
 # --- report ----------------------------------------------------------------------------
@@ -369,6 +461,8 @@ def write_report(report: dict, out: Path) -> None:
         for p in report["profile"]:
             md += ["", f"Top operators, {p['model']} {p['path']} (self CPU ms per step, calls per step): "
                    + ", ".join(f"`{k[6:]}` {1000 * t:.0f} ({n})" for k, t, n in p["top_ops"][:8]) + "."]  # fmt: skip
+    if report.get("jobs"):
+        md += jobs_lines(report["jobs"])
     if report.get("notes"):
         md += ["", "## Notes", "", *report["notes"]]
     (out / "throughput.md").write_text("\n".join(md) + "\n")
@@ -392,6 +486,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--profile-only", action="store_true", help="redo part 2 into the existing throughput.json"
     )
+    parser.add_argument(
+        "--jobs-only", action="store_true",
+        help="redo part 3 (runs at once) into the existing throughput.json",
+    )  # fmt: skip
+    parser.add_argument("--no-jobs", action="store_true")
     parser.add_argument("--profile-steps", type=int, default=10)
     parser.add_argument("--profile-warmup", type=int, default=50)
     parser.add_argument("--quick", action="store_true", help="a 2-minute smoke run (tests)")
@@ -417,6 +516,12 @@ def main(argv: list[str] | None = None) -> int:
             hours = "0.05" if args.quick else "1"
             subprocess.run([sys.executable, "-m", "birq_fs2.cli.data", "synth", str(corpus), "--hours", hours,
                             "--seed", "0"], check=True)  # fmt: skip
+    if args.jobs_only:
+        report = json.loads((args.out / "throughput.json").read_text())
+        report["jobs"] = measure_jobs(args.work, corpus, args.pretrain_steps, args.repeats)
+        write_report(report, args.out)
+        print((args.out / "throughput.md").read_text())
+        return 0
     if args.profile_only:
         report = json.loads((args.out / "throughput.json").read_text())
         report["profile"] = profile_all(corpus, args.models.split(","), args)
@@ -460,6 +565,9 @@ def main(argv: list[str] | None = None) -> int:
         "birq_over_bestrq_stock": step_cost_ratio(runs, "stock"),
         "profile": profile,
         "runs": runs,
+        "jobs": None
+        if args.no_jobs
+        else measure_jobs(args.work, corpus, args.pretrain_steps, args.repeats),
     }
     write_report(report, args.out)
     print((args.out / "throughput.md").read_text())

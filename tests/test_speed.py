@@ -185,3 +185,30 @@ def test_gumbel_kernel_under_torch_profiler_with_a_64_bit_seed():
         loss.sum().backward()
     assert torch.equal(labels, ref_labels) and torch.equal(loss, ref_loss)
     assert xg.grad is not None and torch.isfinite(xg.grad).all()
+
+
+@pytest.mark.slow
+def test_throughput_benchmark_measures_runs_at_once(tmp_path):
+    """benchmarks/train_throughput.py part 3: the same pair of pretraining runs one at a
+    time and at once, each run of the pair at once on its share of the cores."""
+    import json
+    import shutil
+    import sys
+
+    from helpers import ROOT, run
+
+    out = tmp_path / "out"
+    out.mkdir()
+    shutil.copy(ROOT / "benchmarks/results/throughput/throughput.json", out)  # parts 1-2 kept
+    cmd = [sys.executable, str(ROOT / "benchmarks/train_throughput.py"), "--quick",
+           "--jobs-only", "--work", str(tmp_path / "work"), "--out", str(out)]  # fmt: skip
+    proc = run(cmd, timeout=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    jobs = json.loads((out / "throughput.json").read_text())["jobs"]
+    at_once = jobs["ways"]["fast path, 2 runs at once"]
+    assert at_once["runs_at_once"] == 2 and at_once["threads_per_run"] == max(1, jobs["cores"] // 2)
+    for way in jobs["ways"].values():  # every run trained: steps timed, a loss per publish
+        assert way["pretrain_steps_per_hour"] > 0 and all(v > 0 for v in way["s_per_step"].values())
+    assert all(len(r["final_loss"]) == 2 for rows in jobs["runs"].values() for r in rows)
+    md = (out / "throughput.md").read_text()
+    assert "## Experiments per hour: runs at once" in md and "## Where one step's time goes" in md
