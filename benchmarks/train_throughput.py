@@ -20,6 +20,14 @@ side by side, and where one step's time goes.
    (with the model's own ranges: masked encoder, label generator, labels and losses),
    backward, gradient clipping, optimizer; and the top operators.
 
+The fast path also runs as 2 data-parallel ranks of one process each on this one machine
+(`fast_2ranks`: torchrun, 1 thread and half the batch per rank, BatchNorm synchronised;
+`--no-ranks` leaves it out).
+
+3. **Experiments per hour**: the same pair of pretraining runs (BEST-RQ, BiRQ) one at a
+   time (stock path, fast path, fast path as 2 ranks) and two at once (1 thread each, what
+   `benchmarks/evidence.py --jobs 2` does), interleaved; the pair's wall time.
+
 Writes throughput.json / throughput.md under --out. With --bf16 a third path (the fast
 path with bf16 autocast, `trainer.mixed_precision.mode=auto`, torch.amp autocast) is measured too: not the
 same arithmetic, so it is reported apart.
@@ -37,6 +45,8 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 PRETRAIN_PRESET = ROOT / "birq_fs2/recipes/pretrain/configs/tiny_cpu.yaml"
 FINETUNE_PRESET = ROOT / "birq_fs2/recipes/finetune/configs/tiny_cpu.yaml"
@@ -50,7 +60,13 @@ PATHS = {
     "stock": STOCK,
     "fast": [],
     "fast_bf16": ["trainer.mixed_precision.mode=auto", "trainer.mixed_precision.dtype=bfloat16"],
+    "fast_2ranks": [],
 }
+RANKS = {"fast_2ranks": 2}
+"""Paths that run the recipe as data-parallel ranks under torchrun on this one machine:
+each rank gets cores / ranks intra-op threads and 1 / ranks of the preset's batch (so the
+global batch is the preset's), BatchNorm synchronised over the ranks (GlooSyncBatchNorm):
+the same training function as one process, on the cores as separate processes."""
 MODELS = {
     "bestrq": ("pretrain", ["model.arch=bestrq_tiny"]),
     "birq": ("pretrain", ["model.arch=tiny"]),
@@ -80,8 +96,16 @@ def start_recipe(
     every = max(10, steps // (2 if recipe == "pretrain" else 3) // 10 * 10)
     out = work / "runs" / f"{model}-{path}-s{seed}-{tag}"
     shutil.rmtree(out, ignore_errors=True)
+    ranks = RANKS.get(path, 1)
+    launcher = [sys.executable]
+    if ranks > 1:
+        batch = yaml.safe_load(preset.read_text())["dataset"]["pipeline"]["max_frames_per_batch"]
+        extra = [*extra, f"dataset.pipeline.max_frames_per_batch={batch // ranks}"]
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                    "--nproc-per-node", str(ranks)]  # fmt: skip
+        threads = threads or max(1, job_cores() // ranks)
     cmd = [
-        sys.executable, "-m", f"birq_fs2.recipes.{recipe}", str(out), "--config-file", str(preset),
+        *launcher, "-m", f"birq_fs2.recipes.{recipe}", str(out), "--config-file", str(preset),
         "--config", f"dataset.config_overrides.path={corpus}", f"common.seed={seed}",
         f"regime.num_steps={steps}", f"regime.validate_every_n_steps={every}",
         f"regime.checkpoint_every_n_steps={every}", "regime.publish_metrics_every_n_steps=10",
@@ -140,7 +164,6 @@ def final_loss(run: dict, window: int = 5) -> float:
 def profile_worker(corpus: Path, model_name: str, path: str, steps: int, warmup: int) -> dict:
     """The pretraining recipe's train unit on the preset's batches, under the profiler."""
     import torch
-    import yaml
     from fairseq2.metrics import MetricBag
     from torch.profiler import ProfilerActivity, profile, record_function
 
@@ -242,6 +265,7 @@ def profile_all(corpus: Path, models: list[str], args: argparse.Namespace) -> li
 JOB_WAYS = {
     "stock path, one run at a time": ("stock", 1),
     "fast path, one run at a time": ("fast", 1),
+    "fast path as 2 ranks, one run at a time": ("fast_2ranks", 1),
     "fast path, 2 runs at once": ("fast", 2),
 }
 """How a pair of pretraining runs (BEST-RQ and BiRQ) shares the machine: the path and the
@@ -296,7 +320,7 @@ def jobs_lines(jobs: dict) -> list[str]:
     """The report's "experiments per hour" section."""
     lines = ["", "## Experiments per hour: runs at once", "",
              f"The same pair of pretraining runs (BEST-RQ and BiRQ tiny, {jobs['steps']} steps each, "
-             f"the CPU preset) done three ways on {jobs['cores']} cores, interleaved within each of "
+             f"the CPU preset) done {len(jobs['ways'])} ways on {jobs['cores']} cores, interleaved within each of "
              f"{jobs['repeats']} repeats; the pair's wall time from the first launch to the last exit "
              "(start-up, validation and checkpoints included). Runs at once get cores / runs intra-op "
              "threads each (`benchmarks/evidence.py --jobs 2` does this for a whole plan).", "",
@@ -399,6 +423,23 @@ def write_report(report: dict, out: Path) -> None:
             f"{b['compute_s_per_step']:.3f} | {a['data_s_per_step']:.3f} -> {b['data_s_per_step']:.3f} | "
             f"{a['wall_s']:.0f} -> {b['wall_s']:.0f} ({b['wall_speedup']:.2f}x) |"
         )
+    if any("fast_2ranks" in row for row in s.values()):
+        md += ["", "The fast path as 2 data-parallel ranks on this machine (torchrun, 1 intra-op thread "
+               "and half the preset's batch per rank, BatchNorm synchronised over the ranks: the same "
+               "global batch and training function, `OMP_NUM_THREADS=1 torchrun --standalone "
+               "--nproc-per-node 2 -m birq_fs2.recipes.pretrain OUT ... "
+               "dataset.pipeline.max_frames_per_batch=4000`):", "",
+               "| recipe | 2 ranks s/step | x stock (per repeat) | x fast, one process | "
+               "final loss (stock / fast / 2 ranks) |", "|---|---|---|---|---|"]  # fmt: skip
+        for model, row in s.items():
+            if "fast_2ranks" in row:
+                c, b = row["fast_2ranks"], row["fast"]
+                md.append(
+                    f"| {titles[model]} | {c['s_per_step']:.3f} | **{c['speedup']:.2f}x** "
+                    f"({', '.join(f'{x:.2f}' for x in c['speedup_all'])}) | "
+                    f"{b['s_per_step'] / c['s_per_step']:.2f}x | {row['stock']['final_loss']:.3f} / "
+                    f"{b['final_loss']:.3f} / {c['final_loss']:.3f} |"
+                )
     if any("fast_bf16" in row for row in s.values()):
         md += ["", "Not the same arithmetic (bf16 autocast, `trainer.mixed_precision.mode=auto`, torch.amp autocast), reported apart:", "",
                "| recipe | fast_bf16 s/step | x stock | final loss (stock / fast / bf16) |", "|---|---|---|---|"]  # fmt: skip
@@ -491,6 +532,9 @@ def main(argv: list[str] | None = None) -> int:
         help="redo part 3 (runs at once) into the existing throughput.json",
     )  # fmt: skip
     parser.add_argument("--no-jobs", action="store_true")
+    parser.add_argument(
+        "--no-ranks", action="store_true", help="leave out the 2-rank torchrun path"
+    )
     parser.add_argument("--profile-steps", type=int, default=10)
     parser.add_argument("--profile-warmup", type=int, default=50)
     parser.add_argument("--quick", action="store_true", help="a 2-minute smoke run (tests)")
@@ -531,7 +575,8 @@ def main(argv: list[str] | None = None) -> int:
         write_report(report, args.out)
         print((args.out / "throughput.md").read_text())
         return 0
-    paths = ["stock", "fast"] + (["fast_bf16"] if args.bf16 else [])
+    paths = ["stock", "fast"] + (["fast_2ranks"] if not args.no_ranks else [])
+    paths += ["fast_bf16"] if args.bf16 else []
     models = args.models.split(",")
     runs = []
     for rep in range(args.repeats):
