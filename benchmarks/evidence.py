@@ -558,6 +558,7 @@ def _parser() -> argparse.ArgumentParser:
         "threads (on 2 cores, 2 jobs of 1 thread do 1.66x the steps per hour of one 2-thread "
         "run: benchmarks/results/throughput)",
     )  # fmt: skip
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--report-only", action="store_true",
                         help="rewrite the report from the runs that exist; run nothing")  # fmt: skip
     return parser
@@ -730,6 +731,8 @@ def main(argv: list[str] | None = None) -> int:
     fraction, labelled, train_hours = labelled_fraction(data, budget.labelled_minutes)
     meta = {"argv": [a for a in argv if a != "--report-only"], "labelled_fraction": fraction, "labelled_minutes": labelled,
             "train_hours": train_hours, "corpus": str(data.corpus)}  # fmt: skip
+    if not args.report_only and not args.worker:
+        record_command(work, meta["argv"])  # the report lists every command of the folder
     if (work / "plan.json").exists():
         meta.update(json.loads((work / "plan.json").read_text()))
     runner = Runner(work, data, args.budget, budget, _test_sets(data, args.eval_data), fraction,
@@ -745,6 +748,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def record_command(work: Path, argv: list[str]) -> None:
+    """plan.json's `commands`: every distinct command line run on this work folder."""
+    work.mkdir(parents=True, exist_ok=True)
+    with waiting_lock(work / "locks" / "plan.lock"):
+        plan_file = work / "plan.json"
+        plan = json.loads(plan_file.read_text()) if plan_file.exists() else {}
+        if argv not in plan.setdefault("commands", []):
+            plan["commands"].append(argv)
+            plan_file.write_text(json.dumps(plan, indent=2) + "\n")
+
+
 def job_threads(jobs: int) -> int:
     """Intra-op threads of each of `jobs` runners: the cores this process may use, shared."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -757,7 +771,7 @@ def run_jobs(argv: list[str], jobs: int) -> None:
     others finish what they hold."""
     threads = str(job_threads(jobs))
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-    cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--jobs", "1"]
+    cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--jobs", "1", "--worker"]
     print(f"evidence: {jobs} runners of {threads} thread(s) each", file=sys.stderr, flush=True)
     procs = []
     for i in range(jobs):

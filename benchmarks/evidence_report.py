@@ -193,7 +193,9 @@ def _closing(results: dict, meta: dict) -> list[str]:
     """The plots, the commands that produced the runs and their wall-clock times."""
     return ["![dev WER against fine-tuning step](dev_wer.png)", "",
             "![test WER per arm](test_wer.png)", "", "## Commands", "", "```bash",
-            " ".join(["python benchmarks/evidence.py", *meta["argv"]]), *probe_command(results, meta),
+            *(" ".join(["python benchmarks/evidence.py", *argv])
+              for argv in meta.get("commands") or [meta["argv"]]),
+            *probe_command(results, meta),
             "```", "",
             "Wall-clock seconds per run (this machine): "
             + ", ".join(f"{k} {v:.0f}" for k, v in sorted(meta["wall_s"].items())), ""]  # fmt: skip
@@ -493,6 +495,23 @@ QUESTIONS = (
     ("birq_long vs bestrq_cost_long", f"{_LONG} does BiRQ beat BEST-RQ at equal compute?"),
 )
 """(comparison, the question it answers), in the order of the reading."""
+_PAPER = "BiRQ at the paper's settings with label_grad_scale 0.01 (`birq_long_paper`, 3x steps):"
+_9X = "At 9x the pretraining steps (the `*_9x` arms):"
+_HOUR = "With about an hour labelled (the 1200-step encoders, `*_1h` arms):"
+MORE_QUESTIONS = (
+    ("birq_long_paper vs bestrq_long", f"{_PAPER} does it beat BEST-RQ at equal steps?"),
+    ("birq_long_paper vs bestrq_cost_paper", f"{_PAPER} does it beat BEST-RQ at equal compute?"),
+    ("birq_long_paper vs birq_long", f"{_PAPER} does it beat the default BiRQ?"),
+    ("bestrq_9x vs scratch", f"{_9X} does BEST-RQ beat no pretraining?"),
+    ("birq_9x vs scratch", f"{_9X} does BiRQ beat no pretraining?"),
+    ("birq_9x vs bestrq_9x", f"{_9X} does BiRQ beat BEST-RQ at equal steps?"),
+    ("birq_9x vs bestrq_cost_9x", f"{_9X} does BiRQ beat BEST-RQ at equal compute?"),
+    ("bestrq_long_1h vs scratch_1h", f"{_HOUR} does BEST-RQ beat no pretraining?"),
+    ("birq_long_1h vs scratch_1h", f"{_HOUR} does BiRQ beat no pretraining?"),
+    ("birq_long_1h vs bestrq_long_1h", f"{_HOUR} does BiRQ beat BEST-RQ?"),
+    ("birq_long_paper_1h vs bestrq_long_1h", f"{_HOUR} does the paper form beat BEST-RQ?"),
+)
+"""Questions of the optional plans (paper, curve, hour): answered when measured."""
 
 
 def reading(stats: dict, test_set: str) -> list[str]:
@@ -500,6 +519,7 @@ def reading(stats: dict, test_set: str) -> list[str]:
     comps = stats["comparisons"].get(test_set, {})
     return [
         *(_verdict(comps.get(key), question) for key, question in QUESTIONS),
+        *(_verdict(comps[key], question) for key, question in MORE_QUESTIONS if key in comps),
         *_probes_that_pay(comps),
         *_claim(comps),
     ]
