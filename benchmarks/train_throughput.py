@@ -66,7 +66,9 @@ RANKS = {"fast_2ranks": 2}
 """Paths that run the recipe as data-parallel ranks under torchrun on this one machine:
 each rank gets cores / ranks intra-op threads and 1 / ranks of the preset's batch (so the
 global batch is the preset's), BatchNorm synchronised over the ranks (GlooSyncBatchNorm):
-the same training function as one process, on the cores as separate processes."""
+the same training function as one process, on the cores as separate processes. Pretraining
+only: the fine-tuning preset's batch (7500 frames, a multiple of its 1500-frame utterance
+cap as its pipeline requires) has no half that is such a multiple."""
 MODELS = {
     "bestrq": ("pretrain", ["model.arch=bestrq_tiny"]),
     "birq": ("pretrain", ["model.arch=tiny"]),
@@ -583,6 +585,8 @@ def main(argv: list[str] | None = None) -> int:
         for model in models:
             steps = args.pretrain_steps if MODELS[model][0] == "pretrain" else args.finetune_steps
             for path in paths:
+                if RANKS.get(path, 1) > 1 and MODELS[model][0] == "finetune":
+                    continue  # see RANKS: the fine-tuning preset's batch does not split
                 runs.append(run_recipe(args.work, corpus, model, path, 0, steps, f"r{rep}"))
     for model in models:  # the run-to-run spread
         steps = args.pretrain_steps if MODELS[model][0] == "pretrain" else args.finetune_steps
