@@ -58,6 +58,13 @@ lint: setup
 # corpus with a few steps (about 2 minutes) in demo-out-quick/. Re-running reuses the
 # corpus and the finished runs (an interrupted run resumes from its last checkpoint).
 OUT ?= $(if $(QUICK),demo-out-quick,demo-out)
+# SHARE processes share the cores, each with cores / SHARE threads: pretraining runs as
+# SHARE data-parallel ranks (torchrun, gloo; each 1 / SHARE of the preset's batch, so the
+# global batch is the preset's), the two fine-tunings run at once. On 2 cores that beats
+# one 2-thread process at a time (benchmarks/results/throughput). SHARE=1: one at a time.
+CORES := $(shell nproc 2>/dev/null || echo 1)
+SHARE ?= $(if $(filter 1,$(CORES)),1,2)
+THREADS = $(shell echo $$(( $(CORES) / $(SHARE) > 0 ? $(CORES) / $(SHARE) : 1 )))
 PRETRAIN_CFG := birq_fs2/recipes/pretrain/configs/tiny_cpu.yaml
 FINETUNE_CFG := birq_fs2/recipes/finetune/configs/tiny_cpu.yaml
 QUICK_PRETRAIN := regime.num_steps=20 regime.validate_every_n_steps=10 regime.checkpoint_every_n_steps=10 lr_scheduler.config.num_warmup_steps=5
@@ -72,11 +79,19 @@ demo-steps:
 	@test -f $(OUT)/corpus/SPEAKERS.TXT || $(PY) -m birq_fs2.cli.data synth $(OUT)/corpus --hours $(if $(QUICK),0.05,1) --seed 0
 	$(PY) -m birq_fs2.cli.data check $(OUT)/corpus
 	$(PY) benchmarks/data_pipeline.py --corpus $(OUT)/corpus --out $(OUT)/data_pipeline
-	$(PY) -m birq_fs2.recipes.pretrain $(OUT)/pretrain --config-file $(PRETRAIN_CFG) \
-	  --config dataset.config_overrides.path=$(OUT)/corpus $(if $(QUICK),$(QUICK_PRETRAIN),)
+	$(if $(filter 1,$(SHARE)),,OMP_NUM_THREADS=$(THREADS)) $(PY) -m \
+	  $(if $(filter 1,$(SHARE)),,torch.distributed.run --standalone --nproc-per-node $(SHARE) -m) \
+	  birq_fs2.recipes.pretrain $(OUT)/pretrain --config-file $(PRETRAIN_CFG) \
+	  --config dataset.config_overrides.path=$(OUT)/corpus \
+	  dataset.pipeline.max_frames_per_batch=$$(( 8000 / $(SHARE) )) $(if $(QUICK),$(QUICK_PRETRAIN),)
 	$(PY) -m birq_fs2.cli.export $(OUT)/pretrain $(OUT)/encoder --name birq_demo_tiny
-	$(call FINETUNE,birq,pretrained.model=$(OUT)/encoder)
-	$(call FINETUNE,scratch,)
+	@# the baseline's log goes to a file while it runs beside the BiRQ fine-tuning
+	$(if $(filter 1,$(SHARE)),$(call FINETUNE,birq,pretrained.model=$(OUT)/encoder) && \
+	  $(call FINETUNE,scratch,),OMP_NUM_THREADS=$(THREADS) $(call FINETUNE,scratch,) \
+	  > $(OUT)/finetune-scratch.log 2>&1 & scratch=$$!; \
+	  OMP_NUM_THREADS=$(THREADS) $(call FINETUNE,birq,pretrained.model=$(OUT)/encoder); birq=$$?; \
+	  wait $$scratch || { echo "fine-tuning the baseline failed: $(OUT)/finetune-scratch.log" >&2; exit 1; }; \
+	  exit $$birq)
 	$(PY) -m birq_fs2.cli.export $(OUT)/finetune-birq $(OUT)/asr --name birq_demo_asr
 	$(PY) -m birq_fs2.cli.evaluate --model $(OUT)/asr --data $(OUT)/corpus --split test --out $(OUT)/eval/birq
 	$(PY) -m birq_fs2.cli.evaluate --model $(OUT)/finetune-scratch --data $(OUT)/corpus --split test --out $(OUT)/eval/scratch

@@ -555,7 +555,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--jobs", type=int, default=1, metavar="N",
         help="runs at a time: N runners share the work folder, each with cores/N intra-op "
-        "threads (on 2 cores, 2 jobs of 1 thread do 1.66x the steps per hour of one 2-thread "
+        "threads (on 2 cores, 2 jobs of 1 thread do 1.5-1.6x the steps per hour of one 2-thread "
         "run: benchmarks/results/throughput)",
     )  # fmt: skip
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
