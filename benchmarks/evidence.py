@@ -70,6 +70,8 @@ from birq_fs2.experiments.runs import (  # noqa: E402
     recipe_command,
     run_command,
     run_lock,
+    shared_threads,
+    threads_env,
     waiting_lock,
 )
 from birq_fs2.experiments.stats import bootstrap_difference, mean_std  # noqa: E402
@@ -239,22 +241,34 @@ def kept_in_plan(work: Path, keys: tuple[str, ...], measure) -> dict:
     plan_file = work / "plan.json"
     *parents, leaf = keys
 
-    def entry() -> tuple[dict, dict]:
-        plan = json.loads(plan_file.read_text()) if plan_file.exists() else {}
-        node = plan
+    def node(plan: dict) -> dict:
         for key in parents:
-            node = node.setdefault(key, {})
-        return plan, node
+            plan = plan.setdefault(key, {})
+        return plan
 
-    if leaf in (node := entry()[1]):
-        return node[leaf]
+    if leaf in (known := node(json.loads(plan_file.read_text()) if plan_file.exists() else {})):
+        return known[leaf]
     value = measure()  # its runs hold their own locks: another runner waits for them
-    with waiting_lock(work / "locks" / "plan.lock"):  # runners sharing the folder add keys
-        plan, node = entry()
-        if leaf not in node:  # the first measurement to finish is the plan's
-            node[leaf] = value
+    kept = {}
+
+    def keep(plan: dict) -> bool:  # the first measurement to finish is the plan's
+        kept["value"] = node(plan).setdefault(leaf, value)
+        return kept["value"] is value
+
+    update_plan(work, keep)
+    return kept["value"]
+
+
+def update_plan(work: Path, change) -> bool:
+    """`change(plan)` applied to plan.json under its lock (runners sharing the folder add
+    keys to it); written when `change` says it changed something. Returns that."""
+    plan_file = work / "plan.json"
+    work.mkdir(parents=True, exist_ok=True)
+    with waiting_lock(work / "locks" / "plan.lock"):
+        plan = json.loads(plan_file.read_text()) if plan_file.exists() else {}
+        if changed := change(plan):
             plan_file.write_text(json.dumps(plan, indent=2) + "\n")
-    return node[leaf]
+    return changed
 
 
 def _measured_ratio(birq_s: float, bestrq_s: float, measured_on: str) -> dict:
@@ -737,11 +751,11 @@ def main(argv: list[str] | None = None) -> int:
         meta.update(json.loads((work / "plan.json").read_text()))
     runner = Runner(work, data, args.budget, budget, _test_sets(data, args.eval_data), fraction,
                     meta, args.out, args.step_cost)  # fmt: skip
-    if args.jobs > 1 and not args.report_only:
+    if args.report_only:
+        runner.report()
+    elif args.jobs > 1:
         run_jobs(argv, args.jobs)
-        runner.report()
-    elif args.report_only:
-        runner.report()
+        runner.report()  # once more, with every runner's results
     else:
         runner.run_plan([(arm, seed) for seed in seeds for arm in arms], seeds[0])
     print(args.out / "REPORT.md")
@@ -750,27 +764,23 @@ def main(argv: list[str] | None = None) -> int:
 
 def record_command(work: Path, argv: list[str]) -> None:
     """plan.json's `commands`: every distinct command line run on this work folder."""
-    work.mkdir(parents=True, exist_ok=True)
-    with waiting_lock(work / "locks" / "plan.lock"):
-        plan_file = work / "plan.json"
-        plan = json.loads(plan_file.read_text()) if plan_file.exists() else {}
-        if argv not in plan.setdefault("commands", []):
-            plan["commands"].append(argv)
-            plan_file.write_text(json.dumps(plan, indent=2) + "\n")
 
+    def add(plan: dict) -> bool:
+        commands = plan.setdefault("commands", [])
+        if argv in commands:
+            return False
+        commands.append(argv)
+        return True
 
-def job_threads(jobs: int) -> int:
-    """Intra-op threads of each of `jobs` runners: the cores this process may use, shared."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, (cores or 1) // jobs)
+    update_plan(work, add)
 
 
 def run_jobs(argv: list[str], jobs: int) -> None:
     """`jobs` runners of the same plan on the same work folder (`Runner.run_plan` shares the
     tasks out), each with its share of the cores; a failed runner fails the plan after the
     others finish what they hold."""
-    threads = str(job_threads(jobs))
-    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    threads = shared_threads(jobs)
+    env = {**os.environ, **threads_env(threads)}
     cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--jobs", "1", "--worker"]
     print(f"evidence: {jobs} runners of {threads} thread(s) each", file=sys.stderr, flush=True)
     procs = []

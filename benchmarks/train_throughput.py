@@ -47,6 +47,8 @@ from pathlib import Path
 
 import yaml
 
+from birq_fs2.experiments.runs import shared_threads, threads_env, usable_cores
+
 ROOT = Path(__file__).resolve().parents[1]
 PRETRAIN_PRESET = ROOT / "birq_fs2/recipes/pretrain/configs/tiny_cpu.yaml"
 FINETUNE_PRESET = ROOT / "birq_fs2/recipes/finetune/configs/tiny_cpu.yaml"
@@ -105,7 +107,7 @@ def start_recipe(
         extra = [*extra, f"dataset.pipeline.max_frames_per_batch={batch // ranks}"]
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                     "--nproc-per-node", str(ranks)]  # fmt: skip
-        threads = threads or max(1, job_cores() // ranks)
+        threads = threads or shared_threads(ranks)
     cmd = [
         *launcher, "-m", f"birq_fs2.recipes.{recipe}", str(out), "--config-file", str(preset),
         "--config", f"dataset.config_overrides.path={corpus}", f"common.seed={seed}",
@@ -117,7 +119,7 @@ def start_recipe(
     print(f"throughput: {model} {path} seed {seed} ({tag}) ...", file=sys.stderr, flush=True)
     env = {**os.environ, "FAIRSEQ2_NO_PROGRESS": "1"}
     if threads is not None:
-        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        env.update(threads_env(threads))
     log = work / "logs" / f"{out.name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w") as f:
@@ -274,17 +276,13 @@ JOB_WAYS = {
 runs at once (each with cores / runs intra-op threads; one at a time: torch's default)."""
 
 
-def job_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def measure_jobs(work: Path, corpus: Path, steps: int, repeats: int) -> dict:
     """The same pair of pretraining runs (BEST-RQ and BiRQ tiny, `steps` steps each) done
     each way of JOB_WAYS, the ways interleaved within every repeat; the pair's wall time from
     the first launch to the last exit (start-up, validation and checkpoints included; the
     shorter run of a pair at once leaves its cores idle at the end, as a plan's last task
     would)."""
-    cores = job_cores()
+    cores = usable_cores()
     rows: dict[str, list[dict]] = {way: [] for way in JOB_WAYS}
     for rep in range(repeats):
         for way, (path, jobs) in JOB_WAYS.items():
@@ -295,7 +293,7 @@ def measure_jobs(work: Path, corpus: Path, steps: int, repeats: int) -> dict:
                     run_recipe(work, corpus, m, path, 0, steps, tag) for m in ("bestrq", "birq")
                 ]
             else:
-                launched = [start_recipe(work, corpus, m, path, 0, steps, tag, max(1, cores // jobs))
+                launched = [start_recipe(work, corpus, m, path, 0, steps, tag, shared_threads(jobs))
                             for m in ("bestrq", "birq")]  # fmt: skip
                 runs = [finish_recipe(x) for x in launched]
             rows[way].append({
@@ -308,7 +306,7 @@ def measure_jobs(work: Path, corpus: Path, steps: int, repeats: int) -> dict:
     for way, (path, jobs) in JOB_WAYS.items():
         walls = [r["wall_s"] for r in rows[way]]
         summary[way] = {
-            "path": path, "runs_at_once": jobs, "threads_per_run": cores // jobs if jobs > 1 else None,
+            "path": path, "runs_at_once": jobs, "threads_per_run": shared_threads(jobs) if jobs > 1 else None,
             "pair_wall_s": statistics.mean(walls), "pair_wall_s_all": walls,
             "pretrain_steps_per_hour": 2 * steps * 3600 / statistics.mean(walls),
             "x_stock_all": [round(b["wall_s"] / r["wall_s"], 3) for b, r in zip(base, rows[way], strict=True)],

@@ -76,6 +76,23 @@ def run_command(cmd: list[str], log: Path, what: str, *, tag: str = "evidence") 
     return time.perf_counter() - started
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def shared_threads(processes: int) -> int:
+    """Intra-op threads of each of `processes` that share this process's cores."""
+    return max(1, usable_cores() // processes)
+
+
+def threads_env(threads: int) -> dict[str, str]:
+    """The environment of a process limited to `threads` intra-op threads (OpenMP, MKL)."""
+    return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+
+
 class RunLocked(RuntimeError):
     """Another runner holds this run (or this step of a plan) now: a runner sharing the
     work folder does something else and comes back to it."""
