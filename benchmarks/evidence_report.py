@@ -201,10 +201,6 @@ def _closing(results: dict, meta: dict) -> list[str]:
             + ", ".join(f"{k} {v:.0f}" for k, v in sorted(meta["wall_s"].items())), ""]  # fmt: skip
 
 
-def _pm(mean: float, sd: float | None) -> str:
-    return f"{mean:.1f} ± {sd:.1f}" if sd is not None else f"{mean:.1f}"
-
-
 def _ci(ci: list[float] | None) -> str:
     return f"[{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "-"
 
@@ -522,6 +518,7 @@ def reading(stats: dict, test_set: str) -> list[str]:
         *(_verdict(comps[key], question) for key, question in MORE_QUESTIONS if key in comps),
         *_probes_that_pay(comps),
         *_claim(comps),
+        *representation_at_equal_compute(stats),
     ]
 
 
@@ -604,6 +601,71 @@ def _claim(comps: dict) -> list[str]:
                 + ("**reached**." if reached else "**not reached** here.")
             )
     return lines
+
+
+EQUAL_COMPUTE = (
+    ("birq vs bestrq_cost", "At the budget's steps"),
+    ("birq_long vs bestrq_cost_long", "At 3x the steps"),
+    ("birq_9x vs bestrq_cost_9x", "At 9x the steps"),
+)
+"""The frozen-probe comparisons that answer "at equal compute, is BiRQ's representation
+better than BEST-RQ's", one per pretraining length of BiRQ's defaults."""
+EQUAL_COMPUTE_OTHER = (
+    (
+        "birq_long_paper vs bestrq_cost_paper",
+        "The paper form (label_grad_scale 0.01) at 3x the steps",
+    ),
+)
+"""Other BiRQ forms with their own equal-compute arm: reported, not part of the answer."""
+
+
+def representation_at_equal_compute(stats: dict) -> list[str]:
+    """The compute curve's question in words: at each length, BiRQ's frozen phone probes
+    against BEST-RQ pretrained for the same CPU time, with both intervals."""
+    probes = (stats.get("probes") or {}).get("comparisons") or {}
+    found = [(probes[key], where) for key, where in EQUAL_COMPUTE if key in probes]
+    other = [(probes[key], where) for key, where in EQUAL_COMPUTE_OTHER if key in probes]
+    if not found and not other:
+        return []
+    signs = [(interval_sign(c["per_ci95"]), _sign_or_none(c["per_seed_ci95"])) for c, _ in found]
+    if not found:
+        answer = "Not measured for BiRQ's defaults"
+    elif all(s == t == -1 for s, t in signs):
+        answer = "Yes, at every length measured, over test utterances and over seeds"
+    elif all(s == -1 for s, _ in signs):
+        answer = "Yes over test utterances at every length measured, not beyond the seed spread everywhere"
+    elif all(s == 1 for s, _ in signs):
+        answer = "No, it is worse at every length measured"
+    elif not any(s for s, _ in signs):
+        answer = "Not distinguishable at any length measured"
+    else:
+        answer = "Not at every length: " + ", ".join(
+            f"{where.removeprefix('At ')} {({-1: 'better', 1: 'worse', 0: 'undecided'})[s]}"
+            for (_, where), (s, _) in zip(found, signs, strict=True)
+        )
+    return [
+        "- At equal pretraining compute, is BiRQ's representation better than BEST-RQ's "
+        "(frozen phone probes: PER of the weighted-layer recogniser, frame accuracy of the best "
+        f"layer; BiRQ - BEST-RQ, negative PER = BiRQ better)? **{answer}.** "
+        + " ".join(_probe_difference(c, where) for c, where in [*found, *other])
+    ]
+
+
+def _probe_difference(c: dict, where: str) -> str:
+    sign, seed_sign = interval_sign(c["per_ci95"]), _sign_or_none(c["per_seed_ci95"])
+    n = len(c["seeds"])
+    return (
+        f"{where}: PER {c['per_diff']:+.1f} points (95 % CI over utterances {_ci(c['per_ci95'])}, "
+        f"over {n} seed{'s' if n > 1 else ''} {_ci(c['per_seed_ci95'])}), frame accuracy "
+        f"{c['frame_accuracy_diff']:+.1f} {_ci(c['frame_accuracy_ci95'])}: "
+        + {-1: "better", 1: "worse", 0: "undecided"}[sign]
+        + (" over seeds too" if sign != 0 and seed_sign == sign else "")
+        + "."
+    )
+
+
+def _sign_or_none(ci: list[float] | None) -> int | None:
+    return interval_sign(ci) if ci else None
 
 
 def _pm(mean: float, sd: float | None) -> str:

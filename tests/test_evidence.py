@@ -279,3 +279,51 @@ def test_paper_arm_overrides_are_the_paper_preset():
         node[leaf] = yaml.safe_load(value)
     assert config == yaml.safe_load((configs / "paper_tiny_cpu.yaml").read_text())
     assert ARMS["birq_long_paper"].pretrain[: len(PAPER_OVERRIDES)] == PAPER_OVERRIDES
+
+
+def test_the_reading_answers_the_equal_compute_question_from_the_probes():
+    """The curve's question in words: the answer follows the PER intervals of every length of
+    BiRQ's defaults; another form's equal-compute arm is reported but does not decide it."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from evidence_report import representation_at_equal_compute
+
+    def comp(per_ci, seed_ci):
+        mid = sum(per_ci) / 2
+        return {"seeds": [0, 1, 2], "per_diff": mid, "per_ci95": per_ci, "per_seed_ci95": seed_ci,
+                "frame_accuracy_diff": -mid, "frame_accuracy_ci95": [-per_ci[1], -per_ci[0]]}  # fmt: skip
+
+    def answer(comps):
+        (line,) = representation_at_equal_compute({"probes": {"comparisons": comps}})
+        return line.split("**")[1]
+
+    better, tie, worse = (
+        comp([-3.0, -1.0], [-4.0, -0.5]),
+        comp([-1.0, 1.0], [-2.0, 2.0]),
+        comp([1.0, 2.0], None),
+    )
+    assert representation_at_equal_compute({"probes": None}) == []
+    assert answer(
+        {"birq vs bestrq_cost": better, "birq_long vs bestrq_cost_long": better}
+    ).startswith("Yes, at every length measured, over test utterances and over seeds")
+    assert answer({"birq vs bestrq_cost": tie, "birq_9x vs bestrq_cost_9x": tie}).startswith(
+        "Not distinguishable"
+    )
+    mixed = answer({"birq vs bestrq_cost": tie, "birq_long vs bestrq_cost_long": worse,
+                    "birq_9x vs bestrq_cost_9x": better})  # fmt: skip
+    assert (
+        mixed
+        == "Not at every length: the budget's steps undecided, 3x the steps worse, 9x the steps better."
+    )
+    # the paper form's own equal-compute arm is reported, not counted in the answer
+    line = representation_at_equal_compute(
+        {
+            "probes": {
+                "comparisons": {
+                    "birq vs bestrq_cost": worse,
+                    "birq_long_paper vs bestrq_cost_paper": better,
+                }
+            }
+        }
+    )[0]
+    assert "**No, it is worse at every length measured.**" in line
+    assert "The paper form (label_grad_scale 0.01) at 3x the steps: PER -2.0" in line
