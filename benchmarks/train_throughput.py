@@ -28,9 +28,16 @@ The fast path also runs as 2 data-parallel ranks of one process each on this one
    time (stock path, fast path, fast path as 2 ranks) and two at once (1 thread each, what
    `benchmarks/evidence.py --jobs 2` does), interleaved; the pair's wall time.
 
-Writes throughput.json / throughput.md under --out. With --bf16 a third path (the fast
-path with bf16 autocast, `trainer.mixed_precision.mode=auto`, torch.amp autocast) is measured too: not the
-same arithmetic, so it is reported apart.
+4. **bf16 autocast** (`--bf16-only`, into the existing throughput.json): the fast path
+   with the trainer's mixed precision (`trainer.mixed_precision.mode=auto`, bf16; the
+   quantizers keep fp32 by contract, so labels do not change), as 2 ranks for pretraining
+   and one process for fine-tuning, interleaved with the stock path and its fp32
+   counterpart. On CPUs with AMX (bf16 matrix tiles) the matmuls run several times faster;
+   elsewhere bf16 is slow. Not the same arithmetic: its losses are reported against the
+   stock path's seed spread.
+
+Writes throughput.json / throughput.md under --out. With --bf16 the fast path with bf16
+autocast (one process) is measured in part 1 too, reported apart.
 """
 
 from __future__ import annotations
@@ -63,8 +70,12 @@ PATHS = {
     "fast": [],
     "fast_bf16": ["trainer.mixed_precision.mode=auto", "trainer.mixed_precision.dtype=bfloat16"],
     "fast_2ranks": [],
+    "fast_2ranks_bf16": [
+        "trainer.mixed_precision.mode=auto",
+        "trainer.mixed_precision.dtype=bfloat16",
+    ],
 }
-RANKS = {"fast_2ranks": 2}
+RANKS = {"fast_2ranks": 2, "fast_2ranks_bf16": 2}
 """Paths that run the recipe as data-parallel ranks under torchrun on this one machine:
 each rank gets cores / ranks intra-op threads and 1 / ranks of the preset's batch (so the
 global batch is the preset's), BatchNorm synchronised over the ranks (GlooSyncBatchNorm):
@@ -316,6 +327,64 @@ def measure_jobs(work: Path, corpus: Path, steps: int, repeats: int) -> dict:
     return {"cores": cores, "steps": steps, "repeats": repeats, "ways": summary, "runs": rows}
 
 
+BF16_PATHS = {
+    "pretrain": ["stock", "fast_2ranks", "fast_2ranks_bf16"],
+    "finetune": ["stock", "fast", "fast_bf16"],
+}
+"""Part 4's paths per recipe, interleaved within each repeat: bf16's fastest form (2 ranks
+for pretraining, one process for fine-tuning: its batch does not split, see RANKS) against
+the stock path and the same form in fp32."""
+
+
+def measure_bf16(
+    work: Path, corpus: Path, models: list[str], steps: dict[str, int], repeats: int
+) -> dict:
+    """Part 4: bf16 autocast against fp32, side by side (see BF16_PATHS)."""
+    runs = []
+    for rep in range(repeats):
+        for model in models:
+            recipe = MODELS[model][0]
+            for path in BF16_PATHS[recipe]:
+                runs.append(run_recipe(work, corpus, model, path, 0, steps[recipe], f"bf16-r{rep}"))
+    paths = list(dict.fromkeys(p for ps in BF16_PATHS.values() for p in ps))
+    return {"amx_bf16": "amx_bf16" in _cpu_flags(), "repeats": repeats, "steps": steps,
+            "summary": summarise(runs, paths), "runs": runs}  # fmt: skip
+
+
+def bf16_lines(bf16: dict, summary: dict, titles: dict[str, str]) -> list[str]:
+    """The report's "bf16 autocast" section: speed against stock and fp32, losses against
+    the stock path's seed spread (part 1's stock seed-1 run)."""
+    amx = "has" if bf16["amx_bf16"] else "does not have"
+    lines = ["", "## bf16 autocast", "",
+             f"The fast path with bf16 autocast (`trainer.mixed_precision.mode=auto`, "
+             f"`trainer.mixed_precision.dtype=bfloat16`): pretraining as 2 ranks, fine-tuning as one "
+             f"process, interleaved with the stock path and the same form in fp32 within each of "
+             f"{bf16['repeats']} repeats. This CPU {amx} AMX bf16 tiles. The quantizers compute in fp32 "
+             "under autocast (their contract), so the labels are the fp32 ones; the rest of the "
+             "arithmetic is not, so the losses are compared with the run-to-run spread.", "",
+             "| recipe | stock s/step | fp32 s/step | bf16 s/step | bf16 x stock (per repeat) | "
+             "bf16 x fp32 | final loss stock / fp32 / bf16 | stock seed 1 (spread) |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for model, row in bf16["summary"].items():
+        recipe = MODELS[model][0]
+        stock, fp32, bf = (row.get(p) for p in BF16_PATHS[recipe])
+        if not (stock and fp32 and bf):
+            continue
+        spread = summary.get(model, {}).get("stock_seed1", {}).get("final_loss")
+        lines.append(
+            f"| {titles[model]} ({BF16_PATHS[recipe][2]}) | {stock['s_per_step']:.3f} | "
+            f"{fp32['s_per_step']:.3f} | {bf['s_per_step']:.3f} | **{bf['speedup']:.2f}x** "
+            f"({', '.join(f'{x:.2f}' for x in bf['speedup_all'])}) | "
+            f"{fp32['s_per_step'] / bf['s_per_step']:.2f}x | {stock['final_loss']:.3f} / "
+            f"{fp32['final_loss']:.3f} / {bf['final_loss']:.3f} | "
+            + (f"{spread:.3f} |" if spread is not None else "- |")
+        )
+        if "dev_wer" in bf:
+            lines[-1] = lines[-1][:-1] + (f" dev WER stock / fp32 / bf16 {stock['dev_wer']:.1f} / "
+                                          f"{fp32['dev_wer']:.1f} / {bf['dev_wer']:.1f} |")  # fmt: skip
+    return lines
+
+
 def jobs_lines(jobs: dict) -> list[str]:
     """The report's "experiments per hour" section."""
     lines = ["", "## Experiments per hour: runs at once", "",
@@ -504,6 +573,8 @@ def write_report(report: dict, out: Path) -> None:
                    + ", ".join(f"`{k[6:]}` {1000 * t:.0f} ({n})" for k, t, n in p["top_ops"][:8]) + "."]  # fmt: skip
     if report.get("jobs"):
         md += jobs_lines(report["jobs"])
+    if report.get("bf16"):
+        md += bf16_lines(report["bf16"], s, titles)
     if report.get("notes"):
         md += ["", "## Notes", "", *report["notes"]]
     (out / "throughput.md").write_text("\n".join(md) + "\n")
@@ -532,6 +603,10 @@ def main(argv: list[str] | None = None) -> int:
         help="redo part 3 (runs at once) into the existing throughput.json",
     )  # fmt: skip
     parser.add_argument("--no-jobs", action="store_true")
+    parser.add_argument(
+        "--bf16-only", action="store_true",
+        help="redo part 4 (bf16 autocast) into the existing throughput.json",
+    )  # fmt: skip
     parser.add_argument(
         "--no-ranks", action="store_true", help="leave out the 2-rank torchrun path"
     )
@@ -563,6 +638,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.jobs_only:
         report = json.loads((args.out / "throughput.json").read_text())
         report["jobs"] = measure_jobs(args.work, corpus, args.pretrain_steps, args.repeats)
+        write_report(report, args.out)
+        print((args.out / "throughput.md").read_text())
+        return 0
+    if args.bf16_only:
+        report = json.loads((args.out / "throughput.json").read_text())
+        steps = {"pretrain": args.pretrain_steps, "finetune": args.finetune_steps}
+        report["bf16"] = measure_bf16(
+            args.work, corpus, args.models.split(","), steps, args.repeats
+        )
         write_report(report, args.out)
         print((args.out / "throughput.md").read_text())
         return 0
@@ -619,6 +703,14 @@ def main(argv: list[str] | None = None) -> int:
     write_report(report, args.out)
     print((args.out / "throughput.md").read_text())
     return 0
+
+
+def _cpu_flags() -> set[str]:
+    info = Path("/proc/cpuinfo")
+    for line in info.read_text().splitlines() if info.exists() else []:
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
 
 
 def _cpu_name() -> str:

@@ -55,12 +55,14 @@ def _batch_norm_worker(rank: int, world: int, port: int, out_dir: str) -> None:
         (y * upstream[part]).sum().backward()
     model.eval()
     evaluated = model(x[part])
-    torch.save(
-        {"y": y.detach(), "x_grad": mine.grad, "w_grad": model[0].weight.grad,
-         "b_grad": model[0].bias.grad, "running_mean": model[0].running_mean,
-         "running_var": model[0].running_var, "eval": evaluated.detach()},
-        f"{out_dir}/rank_{rank}.pt",
-    )  # fmt: skip
+    saved = {"y": y.detach(), "x_grad": mine.grad, "w_grad": model[0].weight.grad,
+             "b_grad": model[0].bias.grad, "running_mean": model[0].running_mean.clone(),
+             "running_var": model[0].running_var.clone(), "eval": evaluated.detach()}  # fmt: skip
+    # Under bf16 autocast (the trainer's mixed precision) a bf16 input comes back bf16, its
+    # statistics taken in fp32 (and the fp32 running statistics still update).
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        saved["y_bf16"] = model.train()(x[part].bfloat16())
+    torch.save(saved, f"{out_dir}/rank_{rank}.pt")
     dist.destroy_process_group()
 
 
@@ -94,6 +96,9 @@ def test_gloo_sync_batch_norm_matches_batch_norm_of_the_global_batch(tmp_path):
         torch.testing.assert_close(r["running_mean"], bn.running_mean, **close)
         torch.testing.assert_close(r["running_var"], bn.running_var, **close)
     torch.testing.assert_close(torch.cat([r["eval"] for r in ranks]), bn(x).detach(), **close)
+    y_bf16 = torch.cat([r["y_bf16"] for r in ranks])
+    assert y_bf16.dtype == torch.bfloat16
+    torch.testing.assert_close(y_bf16.float(), y.detach(), rtol=0.02, atol=0.03)
 
 
 @pytest.mark.gpu

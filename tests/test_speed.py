@@ -212,3 +212,31 @@ def test_throughput_benchmark_measures_runs_at_once(tmp_path):
     assert all(len(r["final_loss"]) == 2 for rows in jobs["runs"].values() for r in rows)
     md = (out / "throughput.md").read_text()
     assert "## Experiments per hour: runs at once" in md and "## Where one step's time goes" in md
+
+
+@pytest.mark.slow
+def test_throughput_benchmark_measures_bf16_side_by_side(tmp_path):
+    """benchmarks/train_throughput.py part 4: bf16 autocast as 2 ranks (torchrun, the
+    trainer's mixed precision) next to the stock path and the same 2 ranks in fp32."""
+    import json
+    import shutil
+    import sys
+
+    from helpers import ROOT, run
+
+    out = tmp_path / "out"
+    out.mkdir()
+    shutil.copy(ROOT / "benchmarks/results/throughput/throughput.json", out)  # parts 1-3 kept
+    cmd = [sys.executable, str(ROOT / "benchmarks/train_throughput.py"), "--quick", "--bf16-only",
+           "--models", "bestrq", "--work", str(tmp_path / "work"), "--out", str(out)]  # fmt: skip
+    proc = run(cmd, timeout=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    bf16 = json.loads((out / "throughput.json").read_text())["bf16"]
+    row = bf16["summary"]["bestrq"]
+    assert set(row) == {"stock", "fast_2ranks", "fast_2ranks_bf16"}
+    for path in ("fast_2ranks", "fast_2ranks_bf16"):  # every run trained and was timed
+        assert row[path]["s_per_step"] > 0 and row[path]["speedup"] > 0
+    losses = [row[p]["final_loss"] for p in row]
+    assert all(0 < v < 20 for v in losses)
+    md = (out / "throughput.md").read_text()
+    assert "## bf16 autocast" in md and "## Experiments per hour: runs at once" in md

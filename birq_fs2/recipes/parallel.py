@@ -46,9 +46,13 @@ class GlooSyncBatchNorm(SyncBatchNorm):
         group = self.process_group or (dist.group.WORLD if dist.is_initialized() else None)
         if not self.training or group is None or dist.get_world_size(group) == 1:
             return _BatchNorm.forward(self, input)  # nothing to synchronise
-        dims = [0, *range(2, input.dim())]
-        count = torch.tensor([input.numel() / input.shape[1]], dtype=input.dtype)
-        local = torch.cat([input.sum(dims), (input * input).sum(dims), count.to(input.device)])
+        # Statistics in fp32 whatever the input's dtype: under bf16 autocast the
+        # convolution before hands over bf16, whose sums over thousands of frames would
+        # lose the variance (torch's own batch norm accumulates in fp32 too).
+        x = input.float()
+        dims = [0, *range(2, x.dim())]
+        count = torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype)
+        local = torch.cat([x.sum(dims), (x * x).sum(dims), count.to(x.device)])
         total = all_reduce(local, group=group)  # gradients flow back to every rank
         channels = input.shape[1]
         n = total[-1]
@@ -64,11 +68,11 @@ class GlooSyncBatchNorm(SyncBatchNorm):
                 )
                 self.running_mean.lerp_(mean.detach(), m)
                 self.running_var.lerp_(var.detach() * n / (n - 1).clamp_min(1.0), m)
-        shape = [1, channels] + [1] * (input.dim() - 2)
-        out = (input - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        shape = [1, channels] + [1] * (x.dim() - 2)
+        out = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
         if self.affine:
             out = out * self.weight.view(shape) + self.bias.view(shape)
-        return out
+        return out.to(input.dtype)
 
 
 def sync_batch_norm_off_accelerator(model: Module) -> int:
