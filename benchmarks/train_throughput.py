@@ -362,26 +362,27 @@ def bf16_lines(bf16: dict, summary: dict, titles: dict[str, str]) -> list[str]:
              f"{bf16['repeats']} repeats. This CPU {amx} AMX bf16 tiles. The quantizers compute in fp32 "
              "under autocast (their contract), so the labels are the fp32 ones; the rest of the "
              "arithmetic is not, so the losses are compared with the run-to-run spread.", "",
-             "| recipe | stock s/step | fp32 s/step | bf16 s/step | bf16 x stock (per repeat) | "
-             "bf16 x fp32 | final loss stock / fp32 / bf16 | stock seed 1 (spread) |",
-             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "| recipe | stock s/step | fp32 s/step | fp32 x stock | bf16 s/step | bf16 x stock (per "
+             "repeat) | bf16 x fp32 | final loss stock / fp32 / bf16 | stock seed 1 (spread) | "
+             "dev WER stock / fp32 / bf16 |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for model, row in bf16["summary"].items():
         recipe = MODELS[model][0]
         stock, fp32, bf = (row.get(p) for p in BF16_PATHS[recipe])
         if not (stock and fp32 and bf):
             continue
         spread = summary.get(model, {}).get("stock_seed1", {}).get("final_loss")
+        wer = (f"{stock['dev_wer']:.1f} / {fp32['dev_wer']:.1f} / {bf['dev_wer']:.1f}"
+               if "dev_wer" in bf else "")  # fmt: skip
         lines.append(
-            f"| {titles[model]} ({BF16_PATHS[recipe][2]}) | {stock['s_per_step']:.3f} | "
-            f"{fp32['s_per_step']:.3f} | {bf['s_per_step']:.3f} | **{bf['speedup']:.2f}x** "
+            f"| {titles[model]} (`{BF16_PATHS[recipe][2]}`) | {stock['s_per_step']:.3f} | "
+            f"{fp32['s_per_step']:.3f} | {fp32['speedup']:.2f}x | {bf['s_per_step']:.3f} | "
+            f"**{bf['speedup']:.2f}x** "
             f"({', '.join(f'{x:.2f}' for x in bf['speedup_all'])}) | "
             f"{fp32['s_per_step'] / bf['s_per_step']:.2f}x | {stock['final_loss']:.3f} / "
             f"{fp32['final_loss']:.3f} / {bf['final_loss']:.3f} | "
-            + (f"{spread:.3f} |" if spread is not None else "- |")
+            + (f"{spread:.3f}" if spread is not None else "-")
+            + f" | {wer} |"
         )
-        if "dev_wer" in bf:
-            lines[-1] = lines[-1][:-1] + (f" dev WER stock / fp32 / bf16 {stock['dev_wer']:.1f} / "
-                                          f"{fp32['dev_wer']:.1f} / {bf['dev_wer']:.1f} |")  # fmt: skip
     return lines
 
 
