@@ -320,7 +320,67 @@ def compute_curve(results: dict, stats: dict, test_set: str, out: Path, meta: di
                      if "per" in q else "- | -")  # fmt: skip
             lines.append(f"| {line} | `{q['arm']}` | {q['steps']} | {q['compute_h']:.3g} | {q['seeds']} "
                          f"| {_pm(q['wer'], q['wer_std'])} | {probe} |")  # fmt: skip
-    return [*lines, "", "![quality against pretraining compute](compute_curve.png)", ""]
+    return [*lines, "", *equivalent_compute_lines(curves),
+            "![quality against pretraining compute](compute_curve.png)", ""]  # fmt: skip
+
+
+BESTRQ_LINES = ("BEST-RQ", "BEST-RQ, equal compute")
+"""The curve's BEST-RQ lines: one method at every length they hold together."""
+
+
+def bestrq_compute_for(
+    curves: dict[str, list[dict]], key: str, target: float
+) -> tuple[str, float] | None:
+    """The least pretraining compute at which BEST-RQ's mean reaches `target` on `key`
+    (lower is better: "per" or "wer"), linear in log compute between its measured points
+    (both BEST-RQ lines pooled, sorted by compute): ("=", hours) at the first crossing;
+    ("<=", cheapest) when its cheapest point is already as good; (">", dearest) when no
+    point is; None without BEST-RQ points."""
+    import math
+
+    pts = sorted(
+        (q["compute_h"], q[key]) for line in BESTRQ_LINES for q in curves.get(line, []) if key in q
+    )
+    if not pts:
+        return None
+    if pts[0][1] <= target:
+        return ("<=", pts[0][0])
+    for (c0, v0), (c1, v1) in zip(pts, pts[1:], strict=False):
+        if v1 <= target < v0:
+            t = (v0 - target) / (v0 - v1)
+            return ("=", math.exp(math.log(c0) + t * (math.log(c1) - math.log(c0))))
+    return (">", pts[-1][0])
+
+
+def equivalent_compute_lines(curves: dict[str, list[dict]]) -> list[str]:
+    """BiRQ's efficiency in the paper's terms: for each BiRQ point, the compute BEST-RQ
+    needs for the same probe PER (and test WER), as a multiple of BiRQ's own compute."""
+    birq = curves.get("BiRQ (defaults)", [])
+    rows = []
+    for q in birq:
+        cells = []
+        for key in ("per", "wer"):
+            if key not in q:
+                cells.append("-")
+                continue
+            found = bestrq_compute_for(curves, key, q[key])
+            if found is None:
+                cells.append("-")
+                continue
+            relation, hours = found
+            ratio = f"{hours / q['compute_h']:.2f}x"
+            cells.append({"=": ratio, "<=": f"at most {ratio} (BEST-RQ's cheapest point)",
+                          ">": f"more than {ratio} (BEST-RQ's dearest point)"}[relation])  # fmt: skip
+        rows.append(f"| `{q['arm']}` | {q['compute_h']:.3g} | {cells[0]} | {cells[1]} |")
+    if not rows:
+        return []
+    return ["BEST-RQ's compute for BiRQ's quality: where BEST-RQ's mean curve (its equal-steps and "
+            "equal-compute arms together, linear in log compute between measured points) reaches "
+            "each BiRQ point's mean probe PER and test WER, as a multiple of that BiRQ point's "
+            "compute (above 1x: BiRQ needs less compute for that quality; a point estimate from "
+            "the means, the seed spread is in the table above).", "",
+            "| BiRQ arm | compute (CPU h) | BEST-RQ compute for its probe PER | for its test WER |",
+            "|---|---|---|---|", *rows, ""]  # fmt: skip
 
 
 def _plot_curve(curves: dict[str, list[dict]], path: Path, test_set: str) -> None:

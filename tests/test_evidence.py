@@ -327,3 +327,28 @@ def test_the_reading_answers_the_equal_compute_question_from_the_probes():
     )[0]
     assert "**No, it is worse at every length measured.**" in line
     assert "The paper form (label_grad_scale 0.01) at 3x the steps: PER -2.0" in line
+
+
+def test_bestrq_compute_for_a_birq_point_reads_the_bestrq_curve_in_log_compute():
+    """The efficiency in the paper's terms: the least compute at which BEST-RQ's mean
+    curve (both BEST-RQ lines pooled) reaches a BiRQ point's quality."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from evidence_report import bestrq_compute_for, equivalent_compute_lines
+
+    curves = {
+        "BEST-RQ": [{"arm": "bestrq", "compute_h": 1.0, "per": 80.0},
+                    {"arm": "bestrq_long", "compute_h": 4.0, "per": 70.0}],
+        "BEST-RQ, equal compute": [{"arm": "bestrq_cost_long", "compute_h": 16.0, "per": 60.0}],
+        "BiRQ (defaults)": [{"arm": "birq", "compute_h": 1.0, "per": 75.0},
+                            {"arm": "birq_long", "compute_h": 4.0, "per": 85.0},
+                            {"arm": "birq_9x", "compute_h": 16.0, "per": 55.0}],
+    }  # fmt: skip
+    relation, hours = bestrq_compute_for(curves, "per", 75.0)
+    assert relation == "=" and hours == pytest.approx(2.0)  # half way in log(1)..log(4)
+    assert bestrq_compute_for(curves, "per", 65.0)[1] == pytest.approx(8.0)
+    assert bestrq_compute_for(curves, "per", 85.0) == ("<=", 1.0)
+    assert bestrq_compute_for(curves, "per", 55.0) == (">", 16.0)
+    assert bestrq_compute_for(curves, "wer", 50.0) is None
+    rows = [line for line in equivalent_compute_lines(curves) if line.startswith("| `")]
+    assert rows[0].startswith("| `birq` | 1 | 2.00x |")
+    assert "at most 0.25x" in rows[1] and "more than 1.00x" in rows[2]
