@@ -712,14 +712,33 @@ def representation_at_equal_compute(stats: dict) -> list[str]:
 
 
 def _probe_difference(c: dict, where: str) -> str:
-    sign, seed_sign = interval_sign(c["per_ci95"]), _sign_or_none(c["per_seed_ci95"])
+    """One length's probe comparison: PER (the answer's yardstick) and frame accuracy, each
+    with its interval over test utterances and, from 2 seeds on, over seeds."""
     n = len(c["seeds"])
+    word = {-1: "BiRQ better", 1: "BiRQ worse", 0: "undecided"}
+
+    def part(
+        name: str, diff: float, ci: list[float], seed_ci: list[float] | None, better: int
+    ) -> str:
+        sign, seed_sign = interval_sign(ci), _sign_or_none(seed_ci)
+        over_seeds = f", over {n} seeds {_ci(seed_ci)}" if seed_ci else ""
+        verdict = word[sign * better * -1 if sign else 0]
+        held = " over seeds too" if sign and seed_sign == sign else ""
+        return f"{name} {diff:+.1f} points (95 % CI over utterances {_ci(ci)}{over_seeds}: {verdict}{held})"
+
     return (
-        f"{where}: PER {c['per_diff']:+.1f} points (95 % CI over utterances {_ci(c['per_ci95'])}, "
-        f"over {n} seed{'s' if n > 1 else ''} {_ci(c['per_seed_ci95'])}), frame accuracy "
-        f"{c['frame_accuracy_diff']:+.1f} {_ci(c['frame_accuracy_ci95'])}: "
-        + {-1: "better", 1: "worse", 0: "undecided"}[sign]
-        + (" over seeds too" if sign != 0 and seed_sign == sign else "")
+        f"{where} ({n} seed{'s' if n > 1 else ''}"
+        + ("; with one seed no interval covers the spread of training runs" if n < 2 else "")
+        + "): "
+        + part("PER", c["per_diff"], c["per_ci95"], c["per_seed_ci95"], -1)
+        + ", "
+        + part(
+            "frame accuracy",
+            c["frame_accuracy_diff"],
+            c["frame_accuracy_ci95"],
+            c["frame_accuracy_seed_ci95"],
+            1,
+        )  # fmt: skip
         + "."
     )
 

@@ -290,7 +290,8 @@ def test_the_reading_answers_the_equal_compute_question_from_the_probes():
     def comp(per_ci, seed_ci):
         mid = sum(per_ci) / 2
         return {"seeds": [0, 1, 2], "per_diff": mid, "per_ci95": per_ci, "per_seed_ci95": seed_ci,
-                "frame_accuracy_diff": -mid, "frame_accuracy_ci95": [-per_ci[1], -per_ci[0]]}  # fmt: skip
+                "frame_accuracy_diff": -mid, "frame_accuracy_ci95": [-per_ci[1], -per_ci[0]],
+                "frame_accuracy_seed_ci95": seed_ci and [-seed_ci[1], -seed_ci[0]]}  # fmt: skip
 
     def answer(comps):
         (line,) = representation_at_equal_compute({"probes": {"comparisons": comps}})
@@ -326,7 +327,13 @@ def test_the_reading_answers_the_equal_compute_question_from_the_probes():
         }
     )[0]
     assert "**No, it is worse at every length measured.**" in line
-    assert "The paper form (label_grad_scale 0.01) at 3x the steps: PER -2.0" in line
+    assert (
+        "The paper form (label_grad_scale 0.01) at 3x the steps (3 seeds): PER -2.0 points" in line
+    )
+    assert (
+        "(95 % CI over utterances [-3.00, -1.00], over 3 seeds [-4.00, -0.50]: BiRQ better over seeds too)"
+        in line
+    )
 
 
 def test_bestrq_compute_for_a_birq_point_reads_the_bestrq_curve_in_log_compute():
