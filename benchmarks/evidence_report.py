@@ -388,6 +388,7 @@ def _plot_curve(curves: dict[str, list[dict]], path: Path, test_set: str) -> Non
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     panels = [("wer", f"test WER % ({test_set})"), ("per", "probe PER % (frozen encoder)")]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -403,6 +404,12 @@ def _plot_curve(curves: dict[str, list[dict]], path: Path, test_set: str) -> Non
             ax.fill_between(x, [a - b for a, b in zip(y, sd, strict=True)],
                             [a + b for a, b in zip(y, sd, strict=True)], color=f"C{i}", alpha=0.15)  # fmt: skip
         ax.set_xscale("log")
+        # plain numbers at the measured points' compute, not 10^k labels that collide
+        xs = sorted({q["compute_h"] for pts in curves.values() for q in pts})
+        ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator(xs))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%.2g"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.tick_params(axis="x", labelrotation=45, labelsize=7)
         ax.set_xlabel("pretraining compute (CPU hours, log)")
         ax.set_title(title + ", mean ± sd over seeds")
         ax.grid(alpha=0.3)
