@@ -626,6 +626,8 @@ class Runner:
         set_names = [s[0] for s in self.test_sets]
         if (plan := self.work / "plan.json").exists():  # what runners sharing it measured
             self.meta.update(json.loads(plan.read_text()))
+        if self.wall_file.exists():  # runners sharing the folder, and --jobs' parent, add theirs
+            self.walls.update(json.loads(self.wall_file.read_text()))
         results = collect(self.work, set_names)
         for arm in sorted({r["arm"] for r in results["runs"]}, key=list(ARMS).index):
             if ARMS[arm].labelled_minutes is not None:

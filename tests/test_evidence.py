@@ -143,6 +143,9 @@ def test_quick_plan_runs_end_to_end_and_resumes(tmp_path):
     for what in ("pretraining bestrq-s0", "pretraining birq-s0", "fine-tuning scratch-s0"):
         assert proc.stderr.count(f"evidence: {what} ...") == 1  # each run once, by one runner
     result = json.loads((out / "results.json").read_text())
+    # the last report (--jobs' parent) lists every runner's wall-clock times
+    assert result["wall_s"] == json.loads((work / "wall_s.json").read_text())
+    assert "pretrain-birq-s0" in result["wall_s"]
     arms = ["scratch", "bestrq", "birq", "bestrq_cost"]
     assert [r["arm"] for r in result["runs"]] == arms
     for r in result["runs"]:
