@@ -25,8 +25,11 @@ perplexity) comes from the recipe's last validation and `birq-labels`.
 Resumable: a finished run is skipped, an interrupted one resumes from its last checkpoint
 (the recipes do it), and the report is rewritten after every run from whatever exists, so
 a stopped session loses at most the run in flight. The step-cost ratio is read (or
-measured) once and kept in `<work>/plan.json`. Writes REPORT.md, results.json and
-two plots under --out; runs and models stay in --work (not committed).
+measured) once and kept in `<work>/plan.json`. Writes REPORT.md, results.json, the plots
+and runs.tar.gz under --out; runs and models stay in --work (not committed). runs.tar.gz
+holds every file the report reads (scores, hypotheses, metrics, probes, plan; no
+checkpoint): unpacked into an empty folder, `--report-only --work DIR` on it rewrites the
+report without the corpus or the runs, so losing the work folder loses no statistic.
 
 The plan (budgets, arms, comparisons) is benchmarks/evidence_plan.py, the report
 benchmarks/evidence_report.py; launching and reading runs, and the statistics, are
@@ -203,6 +206,55 @@ def phone_probes(run: Path, data: Layout, budget: Budget, floors: Path, seed: in
         print(f"evidence: no phone probes of {run.name}: {ex}", file=sys.stderr)
         return None
     return json.loads((run / "probe" / "probe.json").read_text())
+
+
+# --- the report's inputs, committed ------------------------------------------------------
+
+ARCHIVE = "runs.tar.gz"
+"""The report's inputs under --out, so that a lost work folder loses no statistic."""
+REPORT_META = "report_meta.json"
+"""The plan's description that main() otherwise reads from the corpus (labelled subset)."""
+REPORT_INPUTS = (
+    "plan.json", "wall_s.json", REPORT_META, "probe/floors-s*/probe.json",
+    "eval/*/*/summary.json", "eval/*/*/hypotheses.tsv",
+    "pretrain/*/metrics/train.jsonl", "pretrain/*/metrics/valid/valid.jsonl",
+    "pretrain/*/labels/labels.json", "pretrain/*/probe/probe.json",
+    "finetune/*/metrics/valid/valid.jsonl",
+)  # fmt: skip
+"""Every file `collect` and the report read: no checkpoint, model or audio; text only,
+tens of KB per run once compressed (a 1200-step run's train.jsonl: 106 KB, 24 KB gzipped)."""
+
+
+def archive_runs(work: Path, out: Path, meta: dict, test_sets: list[str]) -> Path:
+    """<out>/runs.tar.gz: REPORT_INPUTS of the work folder. Byte-identical for the same
+    files (sorted, no times or owners), so an unchanged plan leaves git nothing to commit.
+    `--report-only --work DIR` on the unpacked archive rewrites the same report."""
+    import gzip
+    import io
+    import tarfile
+
+    keep = ("argv", "labelled_fraction", "labelled_minutes", "train_hours", "corpus",
+            "labelled_by_arm")  # fmt: skip
+    plan = {**{k: meta[k] for k in keep if k in meta}, "test_sets": test_sets}
+    (work / REPORT_META).write_text(json.dumps(plan, indent=2) + "\n")
+    files = sorted({f for pattern in REPORT_INPUTS for f in work.glob(pattern) if f.is_file()})
+    target = out / ARCHIVE
+    partial = target.with_suffix(".partial")
+    with open(partial, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz:
+        with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for f in files:
+                data = f.read_bytes()
+                info = tarfile.TarInfo(f.relative_to(work).as_posix())
+                info.size, info.mode = len(data), 0o644
+                tar.addfile(info, io.BytesIO(data))
+    partial.replace(target)  # a reader never sees half an archive
+    return target
+
+
+def archived_plan(work: Path) -> dict | None:
+    """The plan's description of a work folder unpacked from runs.tar.gz (no corpus)."""
+    meta = work / REPORT_META
+    return json.loads(meta.read_text()) if meta.exists() else None
 
 
 # --- planning --------------------------------------------------------------------------
@@ -637,6 +689,7 @@ class Runner:
             with waiting_lock(self.work / "locks" / "report.lock"):  # runners sharing the folder
                 write_report(self.out, self.budget_name, self.budget, {**self.meta, "wall_s": self.walls},
                              results, stats, set_names)  # fmt: skip
+                archive_runs(self.work, self.out, self.meta, set_names)
 
     def timed(self, key: str, done: bool, fn, *a):
         """fn(*a), its wall-clock time added to wall_s.json unless it had nothing to do."""
@@ -739,20 +792,34 @@ def main(argv: list[str] | None = None) -> int:
     arms = _arm_names(parser, args.arms)
     seeds = [int(s) for s in (args.seeds or budget.seeds).split(",")]
     work = (args.work or ROOT / f"evidence-{args.budget}").resolve()
-    if args.corpus:
-        train, dev, test = args.splits.split(",")
-        data = Layout(args.corpus.resolve(), train, dev, test)
+    train, dev, test = args.splits.split(",")
+    unpacked = archived_plan(work) if args.report_only else None
+    if unpacked and not (args.corpus or work / "corpus" / "SPEAKERS.TXT").exists():
+        # an unpacked runs.tar.gz: the report from its files, its plan as it was recorded
+        data = Layout(Path(unpacked["corpus"]), train, dev, test)
+        fraction, labelled, train_hours = (
+            unpacked["labelled_fraction"],
+            unpacked["labelled_minutes"],
+            unpacked["train_hours"],
+        )
     else:
-        data = ensure_corpus(work, budget)
-    fraction, labelled, train_hours = labelled_fraction(data, budget.labelled_minutes)
+        unpacked = None
+        data = (Layout(args.corpus.resolve(), train, dev, test) if args.corpus
+                else ensure_corpus(work, budget))  # fmt: skip
+        fraction, labelled, train_hours = labelled_fraction(data, budget.labelled_minutes)
     meta = {"argv": [a for a in argv if a != "--report-only"], "labelled_fraction": fraction, "labelled_minutes": labelled,
             "train_hours": train_hours, "corpus": str(data.corpus)}  # fmt: skip
+    if unpacked:  # the plan's own command line and labelled sizes, not this re-report's
+        meta.update({k: unpacked[k] for k in ("argv", "labelled_by_arm") if k in unpacked})
     if not args.report_only and not args.worker:
         record_command(work, meta["argv"])  # the report lists every command of the folder
     if (work / "plan.json").exists():
         meta.update(json.loads((work / "plan.json").read_text()))
-    runner = Runner(work, data, args.budget, budget, _test_sets(data, args.eval_data), fraction,
-                    meta, args.out, args.step_cost)  # fmt: skip
+    test_sets = _test_sets(data, args.eval_data)
+    if unpacked:  # the sets its runs were scored on (the report reads only their names)
+        test_sets = [(name, data.corpus, None) for name in unpacked["test_sets"]]
+    runner = Runner(work, data, args.budget, budget, test_sets, fraction, meta, args.out,
+                    args.step_cost)  # fmt: skip
     if args.report_only:
         runner.report()
     elif args.jobs > 1:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import sys
+import tarfile
 
 import numpy as np
 import pytest
@@ -220,6 +222,25 @@ def test_quick_plan_runs_end_to_end_and_resumes(tmp_path):
     assert "seconds per step as this plan measured them side by side" in report
     assert "| BEST-RQ, equal compute | `bestrq_cost_long` |" in report
     assert (out / "compute_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # The work folder lost: runs.tar.gz (committed next to the report) rewrites the same
+    # report, statistics included, with no corpus, checkpoint or model.
+    archive = (out / "runs.tar.gz").read_bytes()
+    with tarfile.open(out / "runs.tar.gz") as tar:
+        names = tar.getnames()
+        unpacked = tmp_path / "unpacked"
+        tar.extractall(unpacked, filter="data")
+    assert "eval/test/birq-s0/hypotheses.tsv" in names and "plan.json" in names
+    assert not [n for n in names if n.startswith(("corpus/", "models/")) or "checkpoints" in n]
+    shutil.rmtree(work)
+    again_out = tmp_path / "again"
+    rebuilt = run([sys.executable, str(ROOT / "benchmarks" / "evidence.py"), "--budget", "quick",
+                   "--work", str(unpacked), "--out", str(again_out), "--report-only"], timeout=300)  # fmt: skip
+    assert rebuilt.returncode == 0, (rebuilt.stdout + rebuilt.stderr)[-4000:]
+    assert not (unpacked / "corpus").exists()  # nothing was synthesised or run
+    assert json.loads((again_out / "results.json").read_text()) == result
+    assert (again_out / "REPORT.md").read_text() == report
+    assert (again_out / "runs.tar.gz").read_bytes() == archive  # byte-identical: no git churn
 
 
 def test_an_equal_compute_arm_of_another_form_reads_its_own_ratio():
