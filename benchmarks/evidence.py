@@ -672,14 +672,22 @@ class Runner:
 
     def __post_init__(self) -> None:
         self.wall_file = self.work / "wall_s.json"
-        self.walls = json.loads(self.wall_file.read_text()) if self.wall_file.exists() else {}
+        self.walls = {}
+        self.reread_walls()
+
+    def reread_walls(self) -> None:
+        """wall_s.json into `walls`: runners sharing the folder (and --jobs' parent, which
+        runs nothing) add their times there. Callers after start-up hold wall_s.lock, which
+        every writer holds, so a half-written file is never read."""
+        if self.wall_file.exists():
+            self.walls.update(json.loads(self.wall_file.read_text()))
 
     def report(self) -> None:
         set_names = [s[0] for s in self.test_sets]
         if (plan := self.work / "plan.json").exists():  # what runners sharing it measured
             self.meta.update(json.loads(plan.read_text()))
-        if self.wall_file.exists():  # runners sharing the folder, and --jobs' parent, add theirs
-            self.walls.update(json.loads(self.wall_file.read_text()))
+        with waiting_lock(self.work / "locks" / "wall_s.lock"):
+            self.reread_walls()
         results = collect(self.work, set_names)
         for arm in sorted({r["arm"] for r in results["runs"]}, key=list(ARMS).index):
             if ARMS[arm].labelled_minutes is not None:
@@ -697,9 +705,7 @@ class Runner:
         result = fn(*a)
         if not done:  # re-read: another runner (other arms) may share the work folder
             with waiting_lock(self.work / "locks" / "wall_s.lock"):
-                self.walls.update(
-                    json.loads(self.wall_file.read_text()) if self.wall_file.exists() else {}
-                )
+                self.reread_walls()
                 self.walls[key] = round(self.walls.get(key, 0) + time.perf_counter() - started, 1)
                 self.wall_file.write_text(json.dumps(self.walls, indent=2) + "\n")
         return result
@@ -815,9 +821,9 @@ def main(argv: list[str] | None = None) -> int:
         record_command(work, meta["argv"])  # the report lists every command of the folder
     if (work / "plan.json").exists():
         meta.update(json.loads((work / "plan.json").read_text()))
-    test_sets = _test_sets(data, args.eval_data)
-    if unpacked:  # the sets its runs were scored on (the report reads only their names)
-        test_sets = [(name, data.corpus, None) for name in unpacked["test_sets"]]
+    # an unpacked archive: the sets its runs were scored on (the report reads only names)
+    test_sets = ([(name, data.corpus, None) for name in unpacked["test_sets"]] if unpacked
+                 else _test_sets(data, args.eval_data))  # fmt: skip
     runner = Runner(work, data, args.budget, budget, test_sets, fraction, meta, args.out,
                     args.step_cost)  # fmt: skip
     if args.report_only:
